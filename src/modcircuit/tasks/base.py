@@ -1,0 +1,143 @@
+"""What every task provides: data splits, the model it trains, a loss, a score, patching pairs, ground truth.
+
+A Task is plain data plus a few verbs. Task families live in their own modules and register a
+builder with `register_task`; `get_task(name, seed=..., **options)` builds one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ModcircuitError, choice_error
+from ..nn.mlp import MLP
+
+LOSSES = ("mse", "ce", "mse-onehot")
+ABLATIONS = ("resample", "zero", "mean")
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str  # "regression" or "classification"
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    widths: list[int]
+    loss: str
+    layouts: list[dict] | None = None
+    embedding: dict | None = None
+    activation: str = "silu"
+    input_names: list[str] | None = None
+    output_names: list[str] | None = None
+    # input-level truth: bool (n_outputs, n_input_features); True where output k depends on feature i
+    ground_truth: torch.Tensor | None = None
+    # reference training settings (keys of TrainConfig); every one can be overridden
+    defaults: dict = field(default_factory=dict)
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise choice_error("loss", self.loss, LOSSES)
+        if self.input_names is None:
+            self.input_names = [f"x{i + 1}" for i in range(self.widths[0])]
+        if self.output_names is None:
+            self.output_names = [f"y{i}" for i in range(self.widths[-1])]
+
+    # ---- model -----------------------------------------------------------------------------
+    def check_widths(self, widths: list[int]) -> list[int]:
+        widths = [int(w) for w in widths]
+        if len(widths) < 2 or widths[0] != self.widths[0] or widths[-1] != self.widths[-1]:
+            raise ModcircuitError(
+                f"widths {widths} do not fit task {self.name}: it needs {self.widths[0]} inputs and "
+                f"{self.widths[-1]} outputs (e.g. {self.widths})"
+            )
+        if any(w < 1 for w in widths):
+            raise ModcircuitError(f"widths {widths} must be positive")
+        return widths
+
+    def layouts_for(self, widths: list[int]) -> list[dict]:
+        """The task's layouts when the widths are its own; hidden layers fall back to a line when resized."""
+        if self.layouts is None:
+            return [{"kind": "line", "folds": 1} for _ in widths]
+        out = []
+        for l, w in enumerate(widths):
+            if l == 0:
+                out.append(self.layouts[0])
+            elif l == len(widths) - 1:
+                out.append(self.layouts[-1])
+            elif len(widths) == len(self.widths) and w == self.widths[l]:
+                out.append(self.layouts[l])
+            else:
+                out.append({"kind": "line", "folds": 1})
+        return out
+
+    def build_model(self, widths: list[int] | None = None, activation: str | None = None) -> MLP:
+        widths = self.check_widths(widths or self.widths)
+        return MLP(widths, activation or self.activation, self.layouts_for(widths), self.embedding)
+
+    # ---- loss and score --------------------------------------------------------------------
+    def loss_fn(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.loss == "mse":
+            return F.mse_loss(out, y)
+        if self.loss == "ce":
+            return F.cross_entropy(out, y)
+        return F.mse_loss(out, F.one_hot(y, out.shape[1]).to(out.dtype))
+
+    def score(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """accuracy for classification, mse for regression."""
+        if self.kind == "classification":
+            return {"accuracy": (out.argmax(1) == y).float().mean().item()}
+        return {"mse": F.mse_loss(out, y).item()}
+
+    def evaluate(self, model: torch.nn.Module, split: str = "test") -> dict[str, float]:
+        x, y = (self.x_test, self.y_test) if split == "test" else (self.x_train, self.y_train)
+        dev = next(model.parameters()).device
+        with torch.no_grad():
+            out = model(x.to(dev))
+            res = self.score(out, y.to(dev))
+            res["loss"] = self.loss_fn(out, y.to(dev)).item()
+        return res
+
+    # ---- patching --------------------------------------------------------------------------
+    def patching_pairs(self, split: str = "test", n: int | None = None, seed: int | None = None):
+        """(clean, corrupt, labels): corrupt[i] is another example's input (resample ablation, fixed by seed)."""
+        x, y = (self.x_test, self.y_test) if split == "test" else (self.x_train, self.y_train)
+        g = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        if n is not None and n < len(x):
+            idx = torch.randperm(len(x), generator=g)[:n]
+            x, y = x[idx], y[idx]
+        # a derangement (shift of a random order) so no example is paired with itself
+        order = torch.randperm(len(x), generator=g)
+        partner = torch.empty_like(order)
+        partner[order] = order.roll(1)
+        return x, x[partner], y
+
+
+TaskBuilder = Callable[..., Task]
+_REGISTRY: dict[str, tuple[TaskBuilder, str]] = {}
+
+
+def register_task(name: str, description: str = ""):
+    def deco(fn: TaskBuilder) -> TaskBuilder:
+        _REGISTRY[name] = (fn, description)
+        return fn
+
+    return deco
+
+
+def task_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str, seed: int = 0, **options) -> Task:
+    if name not in _REGISTRY:
+        raise choice_error("task", name, _REGISTRY)
+    task = _REGISTRY[name][0](seed=seed, **options)
+    task.options = dict(options)
+    return task
