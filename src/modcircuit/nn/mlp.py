@@ -71,6 +71,9 @@ class MLP(nn.Module):
         self.register_buffer("out_perm", torch.arange(widths[-1]))
         for l, (layout, w) in enumerate(zip(self.layouts, widths)):
             self.register_buffer(f"coords_{l}", geometry.coordinates(layout, w).float(), persistent=False)
+        for l in range(len(widths) - 1):
+            # D[j, i]: distance from neuron i of layer l to neuron j of layer l+1 (the BIMT cost's geometry)
+            self.register_buffer(f"dist_{l}", geometry.distances(self.coords(l + 1), self.coords(l)), persistent=False)
 
     # ---- structure -------------------------------------------------------------------------
     @property
@@ -79,6 +82,10 @@ class MLP(nn.Module):
 
     def coords(self, layer: int) -> torch.Tensor:
         return getattr(self, f"coords_{layer}")
+
+    def cost_terms(self):
+        """(weight, bias, distance) per linear map: what the BIMT connection cost is computed over."""
+        return [(lin.weight, lin.bias, getattr(self, f"dist_{l}")) for l, lin in enumerate(self.linears)]
 
     def folds(self, layer: int) -> int:
         return geometry.folds(self.layouts[layer])

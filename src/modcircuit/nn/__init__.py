@@ -1,0 +1,13 @@
+"""Models with neuron geometry. MODEL_KINDS maps a checkpoint's model kind to its class."""
+from .mlp import MLP
+
+MODEL_KINDS: dict[str, type] = {"mlp": MLP}
+
+
+def model_from_config(cfg: dict):
+    from ..errors import choice_error
+
+    kind = cfg.get("kind", "mlp")
+    if kind not in MODEL_KINDS:
+        raise choice_error("model kind", kind, MODEL_KINDS)
+    return MODEL_KINDS[kind].from_config(cfg)

@@ -1,0 +1,70 @@
+"""Training hyperparameters, validated early (pydantic) with one-line errors."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ModcircuitError, choice_error
+from .regimes import REGIMES
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    regime: str = "vanilla"
+    steps: int = Field(2000, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int | None = Field(None, ge=1)  # None = full batch
+    weight_decay: float = Field(0.0, ge=0)
+    lam: float = Field(1e-3, ge=0)
+    # [[fraction of steps, multiplier of lam], ...]: piecewise-constant schedule
+    lam_schedule: list[tuple[float, float]] = Field(default_factory=list)
+    l0: float = Field(0.1, ge=0)
+    weight_factor: float = Field(1.0, ge=0)
+    agg: Literal["sum", "mean"] = "sum"
+    top_k: int = Field(5, ge=1)
+    swap_every: int = Field(200, ge=1)
+    swap_inputs: bool = False
+    swap_outputs: bool = False
+    widths: list[int] | None = None
+    activation: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int | None = Field(None, ge=1)
+
+    @field_validator("regime")
+    @classmethod
+    def _regime(cls, v):
+        if v not in REGIMES:
+            raise choice_error("regime", v, REGIMES)
+        return v
+
+    @field_validator("lam_schedule")
+    @classmethod
+    def _schedule(cls, v):
+        for frac, mult in v:
+            if not (0 <= frac <= 1) or mult < 0:
+                raise ValueError(f"entry [{frac}, {mult}] needs 0 <= fraction <= 1 and multiplier >= 0")
+        return v
+
+
+def make_config(defaults: dict, overrides: dict) -> TrainConfig:
+    """Task defaults, then user overrides (None = keep the default); errors name the bad value."""
+    merged = dict(defaults)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(merged) - set(TrainConfig.model_fields))
+    if unknown:
+        raise ModcircuitError(
+            f"unknown hyperparameter {unknown[0]!r}; allowed: {', '.join(sorted(TrainConfig.model_fields))}"
+        )
+    try:
+        return TrainConfig(**merged)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "config"
+        value = merged.get(err["loc"][0]) if err["loc"] else None
+        msg = err["msg"].removeprefix("Value error, ")
+        if isinstance(err.get("ctx", {}).get("error"), ModcircuitError):
+            raise err["ctx"]["error"] from None
+        raise ModcircuitError(f"invalid {key}={value!r}: {msg}") from None

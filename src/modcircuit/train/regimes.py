@@ -1,0 +1,54 @@
+"""Training regimes: the penalty each adds to the task loss, and the BIMT connection cost.
+
+  vanilla   nothing
+  l1        lam * agg |W|
+  l2        lam * agg W^2
+  l1-local  lam * connection_cost     (BIMT's locality penalty, no swaps)
+  bimt      lam * connection_cost     plus neuron swaps every swap_every steps (see swap.py)
+"""
+from __future__ import annotations
+
+import torch
+
+REGIMES = ("vanilla", "l1", "l2", "l1-local", "bimt")
+REGIME_HELP = {
+    "vanilla": "task loss only",
+    "l1": "lam * sum/mean |W|",
+    "l2": "lam * sum/mean W^2",
+    "l1-local": "lam * BIMT connection cost, no swaps",
+    "bimt": "lam * BIMT connection cost + neuron swaps",
+}
+
+
+def _agg(t: torch.Tensor, agg: str) -> torch.Tensor:
+    return t.sum() if agg == "sum" else t.mean()
+
+
+def connection_cost(model, weight_factor: float = 1.0, l0: float = 0.1, agg: str = "sum") -> torch.Tensor:
+    """sum over linear maps of agg(|W| * (weight_factor * D + l0)) + agg(|b| * l0)."""
+    total = 0.0
+    for w, b, dist in model.cost_terms():
+        total = total + _agg(w.abs() * (weight_factor * dist + l0), agg)
+        if b is not None:
+            total = total + _agg(b.abs() * l0, agg)
+    return total
+
+
+def penalty(model, regime: str, lam: float, weight_factor: float, l0: float, agg: str) -> torch.Tensor:
+    if regime == "vanilla" or lam == 0:
+        return torch.zeros((), device=next(model.parameters()).device)
+    if regime in ("l1", "l2"):
+        total = 0.0
+        for w, _, _ in model.cost_terms():
+            total = total + _agg(w.abs() if regime == "l1" else w.pow(2), agg)
+        return lam * total
+    return lam * connection_cost(model, weight_factor, l0, agg)
+
+
+def lam_at(step: int, steps: int, lam: float, schedule: list) -> float:
+    """Piecewise-constant lam: schedule [[fraction, multiplier], ...]; from step >= fraction*steps on, lam*multiplier."""
+    mult = 1.0
+    for frac, m in sorted(schedule):
+        if step >= frac * steps:
+            mult = m
+    return lam * mult

@@ -1,0 +1,133 @@
+"""The training loop: task loss + regime penalty, Adam, BIMT swaps on schedule, progress, checkpoints.
+
+Deterministic per seed: the seed fixes the task data (unless a Task object is passed), the
+initial weights and the mini-batch order.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+
+from ..errors import ModcircuitError
+from ..tasks import Task, get_task
+from .checkpoint import Run
+from .config import TrainConfig, make_config
+from .regimes import connection_cost, lam_at, penalty
+from .swap import relocate
+
+
+class TrainingDiverged(ModcircuitError):
+    """The loss became NaN or infinite."""
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not enabled, transient=False,
+    )
+
+
+def train(
+    task: Task | str,
+    regime: str = "vanilla",
+    seed: int = 0,
+    *,
+    progress: bool = False,
+    callback: Callable[[int, torch.nn.Module, dict], None] | None = None,
+    callback_every: int | None = None,
+    model: torch.nn.Module | None = None,
+    task_options: dict | None = None,
+    **overrides,
+) -> Run:
+    """Train a model on `task` under `regime`; every TrainConfig field can be overridden by keyword.
+
+    callback(step, model, info) runs after step 0 and then every `callback_every` steps (e.g. to
+    draw animation frames); info has loss, penalty, cost, lam.
+    """
+    task_options = dict(task_options or {})
+    if isinstance(task, str):
+        task = get_task(task, seed=seed, **task_options)
+    else:
+        task_options = dict(task.options)
+    cfg = make_config(task.defaults, {**overrides, "regime": regime, "seed": seed})
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModcircuitError(f"device {cfg.device!r} requested but CUDA is not available; use --device cpu")
+
+    torch.manual_seed(seed)
+    if model is None:
+        model = task.build_model(cfg.widths, cfg.activation)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    x_all, y_all = task.x_train.to(device), task.y_train.to(device)
+    n = len(x_all)
+    batch = n if cfg.batch_size is None else min(cfg.batch_size, n)
+    gen = torch.Generator().manual_seed(seed)
+    log_every = cfg.log_every or max(1, cfg.steps // 100)
+    history: list[dict] = []
+    swap_seconds, n_swaps, order, cursor = 0.0, 0, None, n
+
+    def cost_now() -> float:
+        with torch.no_grad():
+            return float(connection_cost(model, cfg.weight_factor, cfg.l0, cfg.agg))
+
+    t0 = time.perf_counter()
+    with _progress(progress) as bar:
+        bar_id = bar.add_task(f"{task.name}/{regime}/seed {seed}", total=cfg.steps, info="")
+        for step in range(cfg.steps):
+            if batch == n:
+                xb, yb = x_all, y_all
+            else:  # epochs of a seeded shuffle
+                if cursor + batch > n:
+                    order, cursor = torch.randperm(n, generator=gen).to(device), 0
+                idx = order[cursor : cursor + batch]
+                cursor += batch
+                xb, yb = x_all[idx], y_all[idx]
+            lam = lam_at(step, cfg.steps, cfg.lam, cfg.lam_schedule)
+            out = model(xb)
+            loss = task.loss_fn(out, yb)
+            pen = penalty(model, cfg.regime, lam, cfg.weight_factor, cfg.l0, cfg.agg)
+            total = loss + pen
+            if not torch.isfinite(total):
+                raise TrainingDiverged(
+                    f"loss became {float(total)} at step {step} (task {task.name}, regime {regime}, lr {cfg.lr}, "
+                    f"lam {lam}); try a smaller --lr or --lam"
+                )
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            if cfg.regime == "bimt" and (step + 1) % cfg.swap_every == 0:
+                ts = time.perf_counter()
+                n_swaps += relocate(model, cfg.top_k, cfg.weight_factor, cfg.agg, opt, cfg.swap_inputs, cfg.swap_outputs)
+                swap_seconds += time.perf_counter() - ts
+            if step % log_every == 0 or step == cfg.steps - 1:
+                entry = {"step": step, "loss": loss.item(), "penalty": pen.item(), "lam": lam, "cost": cost_now()}
+                entry.update({f"test_{k}": v for k, v in task.evaluate(model, "test").items() if k != "loss"})
+                history.append(entry)
+                metric = "test_accuracy" if "test_accuracy" in entry else "test_mse"
+                bar.update(bar_id, info=f"loss {entry['loss']:.3g} {metric[5:]} {entry[metric]:.3g} cost {entry['cost']:.3g}")
+            if callback is not None and (step == 0 or (callback_every and (step + 1) % callback_every == 0)):
+                callback(step, model, {"loss": loss.item(), "penalty": pen.item(), "cost": cost_now(), "lam": lam})
+            bar.advance(bar_id)
+    seconds = time.perf_counter() - t0
+
+    model.eval()
+    metrics = {f"train_{k}": v for k, v in task.evaluate(model, "train").items()}
+    metrics.update({f"test_{k}": v for k, v in task.evaluate(model, "test").items()})
+    metrics["connection_cost"] = cost_now()
+    for k, v in metrics.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise TrainingDiverged(f"final {k} is {v} (task {task.name}, regime {regime}); try a smaller --lr or --lam")
+    timings = {
+        "train_seconds": seconds, "seconds_per_step": seconds / cfg.steps, "swap_seconds": swap_seconds,
+        "swap_share": swap_seconds / seconds if seconds else 0.0, "n_swaps": n_swaps, "steps": cfg.steps,
+    }
+    return Run(
+        model=model, task_name=task.name, task_options=task_options, seed=seed, regime=cfg.regime,
+        hyperparameters=cfg.model_dump(), metrics=metrics, history=history, timings=timings,
+    )
