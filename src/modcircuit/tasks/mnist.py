@@ -163,6 +163,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -170,10 +173,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def download_mnist(folder: str | os.PathLike, mirrors=MIRRORS, timeout: float = 60.0) -> list[Path]:
+def download_mnist(folder: str | os.PathLike, mirrors=None, timeout: float = 60.0) -> list[Path]:
     """Fetch the official archives that `folder` lacks; each is verified (size, SHA-256, MD5) before it lands."""
     folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
+    mirrors = MIRRORS if mirrors is None else mirrors
     fetched = []
     for name, expected in OFFICIAL.items():
         if find_file(folder, name[: -len(".gz")]) is not None:
