@@ -138,6 +138,15 @@ def task_names() -> list[str]:
 def get_task(name: str, seed: int = 0, **options) -> Task:
     if name not in _REGISTRY:
         raise choice_error("task", name, _REGISTRY)
-    task = _REGISTRY[name][0](seed=seed, **options)
+    import inspect
+
+    builder = _REGISTRY[name][0]
+    accepted = set(inspect.signature(builder).parameters) - {"seed"}
+    for key in options:
+        if key not in accepted:
+            raise ModcircuitError(
+                f"task {name} takes no option {key!r}; its options: {', '.join(sorted(accepted)) or 'none'}"
+            )
+    task = builder(seed=seed, **options)
     task.options = dict(options)
     return task

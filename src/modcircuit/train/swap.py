@@ -67,18 +67,16 @@ def placement_cost(model, layer: int, weight_factor: float = 1.0, agg: str = "su
     the cost itself."""
     f = model.folds(layer)
     m = model.widths[layer] // f
-    pos = model.coords(layer)[:m]
-    A = torch.zeros(m, m, dtype=torch.float64, device=pos.device)
-    if layer > 0:  # incoming weights: rows of linear layer-1
+    dists = [d for _, _, d in model.cost_terms()]
+    A = 0.0
+    if layer > 0:  # incoming weights: rows of linear layer-1; D[p, k] from position p to source k
         w = model.linears[layer - 1].weight.abs().double()
-        d = torch.cdist(pos.double(), model.coords(layer - 1).double(), p=1)  # (m, n_prev)
         scale = 1.0 / w.numel() if agg == "mean" else 1.0
-        A += scale * _fold_sum(w, 0, f) @ d.T
-    if layer < model.n_linears:  # outgoing weights: columns of linear layer
+        A = A + scale * _fold_sum(w, 0, f) @ dists[layer - 1][:m].double().T
+    if layer < model.n_linears:  # outgoing weights: columns of linear layer; D[k, p] from p to target k
         w = model.linears[layer].weight.abs().double()
-        d = torch.cdist(model.coords(layer + 1).double(), pos.double(), p=1)  # (n_next, m)
         scale = 1.0 / w.numel() if agg == "mean" else 1.0
-        A += scale * _fold_sum(w, 1, f).T @ d
+        A = A + scale * _fold_sum(w, 1, f).T @ dists[layer][:, :m].double()
     return weight_factor * A
 
 

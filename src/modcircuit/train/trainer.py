@@ -95,7 +95,7 @@ def train(
             total = loss + pen
             if not torch.isfinite(total):
                 raise TrainingDiverged(
-                    f"loss became {float(total)} at step {step} (task {task.name}, regime {regime}, lr {cfg.lr}, "
+                    f"loss became {total.item()} at step {step} (task {task.name}, regime {regime}, lr {cfg.lr}, "
                     f"lam {lam}); try a smaller --lr or --lam"
                 )
             opt.zero_grad(set_to_none=True)
