@@ -1,0 +1,104 @@
+"""`discover`: one entry point for every method, returning a Circuit."""
+from __future__ import annotations
+
+import inspect
+import time
+
+import torch
+
+from ..errors import ModcircuitError
+from ..tasks.base import Task
+from .circuit import Circuit
+from .graph import Graph, as_mlp
+from .methods import get_method
+from .patching import PatchContext, check_choice, check_threshold
+
+
+def task_metric(task: Task) -> str:
+    return "kl" if task.kind == "classification" else "mse"
+
+
+def resolve_data(model, data, corrupt=None, labels=None, *, split: str = "test", n: int | None = None,
+                 seed: int | None = None):
+    """(clean, corrupt, labels, task) from a Task, a (clean, corrupt[, labels]) tuple, a dict/npz-like
+    mapping with 'clean'/'corrupt'[/'labels'], or clean and corrupt given separately."""
+    task = None
+    if isinstance(data, Task):
+        task = data
+        if corrupt is not None:
+            raise ModcircuitError("give either a task or clean and corrupt inputs, not both")
+        clean, corrupt, labels = task.patching_pairs(split, n, seed)
+    elif isinstance(data, dict):
+        if "clean" not in data:
+            raise ModcircuitError(f"data has keys {sorted(data)}; it needs 'clean' and 'corrupt' (optional 'labels')")
+        clean, corrupt, labels = data["clean"], data.get("corrupt"), data.get("labels")
+    elif isinstance(data, (tuple, list)) and corrupt is None and len(data) in (2, 3):
+        clean, corrupt = data[0], data[1]
+        labels = data[2] if len(data) == 3 else labels
+    else:
+        clean = data
+    return clean, corrupt, labels, task
+
+
+def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: float = 0.01, metric: str | None = None,
+             ablation: str = "resample", labels=None, top_k: int | None = None, split: str = "test",
+             n: int | None = None, seed: int | None = None, progress=None, **options) -> Circuit:
+    """Find the circuit of `model` on clean inputs (vs corrupt ones for resample ablation).
+
+        discover(model, clean, corrupt, method="acdc", threshold=0.01, metric="kl", ablation="resample")
+        discover(model, task, method="eap")   # clean/corrupt from task.patching_pairs(split, n, seed)
+
+    metric: "kl" (KL(model || circuit), batchmean) or "mse" (to the model's outputs); default: the task's
+    (kl for classification, mse for regression), "kl" for raw data. Score-only methods keep the edges whose
+    score is >= threshold, or the `top_k` best. Extra keyword options go to the method.
+    """
+    model = as_mlp(model)
+    fn = get_method(method)
+    threshold = check_threshold(threshold)
+    clean, corrupt, labels, task = resolve_data(model, data, corrupt, labels, split=split, n=n, seed=seed)
+    if metric is None:
+        metric = task_metric(task) if task is not None else "kl"
+    check_choice(metric, ablation)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ModcircuitError(f"top_k {top_k!r} is not allowed; give an integer >= 0")
+    allowed = set(inspect.signature(fn).parameters) - {"ctx", "threshold"}
+    bad = [k for k in options if k not in allowed]
+    if bad:
+        raise ModcircuitError(f"method {method!r} has no option {bad[0]!r}; allowed: {', '.join(sorted(allowed)) or 'none'}")
+    if progress is not None and "progress" in allowed:
+        options["progress"] = progress
+    t0 = time.perf_counter()
+    ctx = PatchContext(model, clean, corrupt, metric=metric, ablation=ablation, labels=labels)
+    res = fn(ctx, threshold, **options)
+    seconds = time.perf_counter() - t0
+    graph = Graph.of(model, task.input_names if task else None, task.output_names if task else None)
+    graph.check(res.scores, f"method {method!r} scores")
+    scores = [s.detach().cpu().to(torch.float64) for s in res.scores]
+    if top_k is not None:
+        mask = top_k_mask(scores, top_k)
+    elif res.mask is not None:
+        mask = [m.detach().cpu().bool() for m in res.mask]
+    else:
+        mask = [s >= threshold for s in scores]
+    extra = dict(res.extra)
+    if top_k is not None:
+        extra["top_k"] = top_k
+    if task is not None:
+        extra["task"] = task.name
+    extra["examples"] = ctx.batch
+    return Circuit(scores, mask, method, threshold, metric, ablation, seconds, int(res.forward_passes),
+                   list(model.widths), graph.node_names, ctx.means, extra)
+
+
+def top_k_mask(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """The k highest scores (NaN lowest; ties: lower flat index first)."""
+    flat = torch.cat([s.reshape(-1) for s in scores]).to(torch.float64)
+    flat = torch.nan_to_num(flat, nan=-float("inf"))
+    order = torch.argsort(-flat, stable=True)
+    keep = torch.zeros(len(flat), dtype=torch.bool)
+    keep[order[:k]] = True
+    out, i = [], 0
+    for s in scores:
+        out.append(keep[i:i + s.numel()].reshape(s.shape))
+        i += s.numel()
+    return out

@@ -1,0 +1,13 @@
+"""Random scores, uniform in [0, 1): the floor every method must beat (seeded, reproducible)."""
+from __future__ import annotations
+
+import torch
+
+from . import MethodResult, register_method
+
+
+@register_method("random", "uniform random scores (the floor)")
+def random_scores(ctx, threshold: float, seed: int = 0) -> MethodResult:
+    g = torch.Generator().manual_seed(int(seed))
+    scores = [torch.rand(s, generator=g, dtype=torch.float64) for s in ctx.graph.shapes]
+    return MethodResult(scores=scores, forward_passes=0, extra={"seed": int(seed)})

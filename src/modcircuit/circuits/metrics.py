@@ -1,0 +1,167 @@
+"""Scoring a circuit: faithfulness to the model, task performance, sparsity, cost, ground truth.
+
+evaluate(model, circuit, task_or_data) -> dict (JSON-ready):
+  logit_gap      mean |circuit outputs - model outputs|
+  kl / mse       KL(model || circuit) batchmean (kl only for the "kl" metric) and MSE to the model
+  divergence     the circuit's own metric (kl or mse) to the model; divergence_empty: same for the empty circuit
+  faithfulness   normalized: (M_empty - M_circuit) / (M_empty - M_model) with M the divergence (M_model = 0)
+  accuracy, accuracy_model, agreement   (classification, labels given)  |  task_mse, task_mse_model (regression)
+  task_faithfulness  same normalization with the task loss against the labels (when labels are given)
+  n_edges, n_kept, edge_fraction, n_nodes, n_nodes_kept, node_fraction, seconds, forward_passes
+  curve          faithfulness curve: top-n edges by score for log-spaced n, {edges, divergence, faithfulness}
+  curve_area     normalized area under that curve over log10(n) (1 = perfect from the first edge)
+  auc_edges, roc_edges     where edge-level truth exists (planted tasks)
+  auc_inputs, roc_inputs   where input-level truth exists (symbolic tasks): an (output, input) pair is
+                 scored by path flow, the sum over paths of products of the (clamped >= 0) edge scores
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from ..errors import ModcircuitError
+from ..tasks.base import Task
+from .circuit import Circuit
+from .discover import resolve_data, top_k_mask
+from .graph import as_mlp
+from .patching import PatchContext, divergence
+
+
+def evaluate(model, circuit: Circuit, task_or_data, *, curve_points: int = 12, split: str = "test",
+             n: int | None = None, seed: int | None = None) -> dict:
+    model = as_mlp(model)
+    circuit.check_model(model)
+    clean, corrupt, labels, task = resolve_data(model, task_or_data, split=split, n=n, seed=seed)
+    ctx = PatchContext(model, clean, corrupt, metric=circuit.metric, ablation=circuit.ablation, labels=labels,
+                       means=circuit.means)
+    with torch.no_grad():
+        out = ctx.forward([m.to(ctx.device) for m in circuit.mask])
+        empty = ctx.forward(ctx.full_masks(False))
+    y = ctx.target
+    rep: dict = {"method": circuit.method, "threshold": circuit.threshold, "metric": circuit.metric,
+                 "ablation": circuit.ablation, "examples": ctx.batch}
+    rep["logit_gap"] = (out - y).abs().mean().item()
+    rep["mse"] = divergence("mse", out, y).item()
+    if circuit.metric == "kl":
+        rep["kl"] = divergence("kl", out, y).item()
+    d_c, d_e = ctx.metric(out).item(), ctx.metric(empty).item()
+    rep["divergence"], rep["divergence_empty"] = d_c, d_e
+    rep["faithfulness"] = _normalize(d_e, d_c, 0.0)
+    rep.update(_task_scores(model, ctx, out, empty, labels, task))
+    nodes = circuit.nodes_kept()
+    rep.update({
+        "n_edges": circuit.n_edges, "n_kept": circuit.n_kept, "edge_fraction": circuit.n_kept / circuit.n_edges,
+        "n_nodes": int(sum(len(x) for x in nodes)), "n_nodes_kept": int(sum(int(x.sum()) for x in nodes)),
+        "seconds": circuit.seconds, "forward_passes": circuit.forward_passes,
+    })
+    rep["node_fraction"] = rep["n_nodes_kept"] / rep["n_nodes"]
+    curve = faithfulness_curve(ctx, circuit.scores, curve_points)
+    rep["curve"] = curve
+    rep["curve_area"] = curve_area(curve)
+    edge_truth = getattr(task, "edge_truth", None) if task is not None else None
+    if edge_truth is not None:
+        rep.update(_prefixed("edges", roc(circuit.scores, edge_truth)))
+    if task is not None and task.ground_truth is not None:
+        rep.update(_prefixed("inputs", roc(input_scores(model, circuit.scores), task.ground_truth)))
+    return rep
+
+
+def _normalize(empty: float, circuit: float, full: float) -> float | None:
+    den = empty - full
+    if den == 0 or not math.isfinite(den):
+        return None
+    return (empty - circuit) / den
+
+
+def _task_scores(model, ctx, out, empty, labels, task) -> dict:
+    if labels is None:
+        return {}
+    y_model = model.readout(ctx.target)
+    outs = {"circuit": model.readout(out), "model": y_model, "empty": model.readout(empty)}
+    labels = torch.as_tensor(labels).to(ctx.device)
+    classification = (task.kind == "classification") if task is not None else not labels.is_floating_point()
+    res = {}
+    if classification:
+        labels = labels.long().reshape(-1)
+        if labels.shape[0] != ctx.batch:
+            raise ModcircuitError(f"labels have {labels.shape[0]} entries for {ctx.batch} examples")
+        res["accuracy"] = (outs["circuit"].argmax(-1) == labels).double().mean().item()
+        res["accuracy_model"] = (y_model.argmax(-1) == labels).double().mean().item()
+        res["agreement"] = (outs["circuit"].argmax(-1) == y_model.argmax(-1)).double().mean().item()
+        loss = {k: F.cross_entropy(v, labels).item() for k, v in outs.items()}
+    else:
+        labels = labels.to(ctx.dtype).reshape(y_model.shape) if labels.numel() == y_model.numel() else None
+        if labels is None:
+            raise ModcircuitError(f"labels do not fit the model's outputs {tuple(y_model.shape)}")
+        loss = {k: F.mse_loss(v, labels).item() for k, v in outs.items()}
+        res["task_mse"], res["task_mse_model"] = loss["circuit"], loss["model"]
+    res["task_loss"], res["task_loss_model"], res["task_loss_empty"] = loss["circuit"], loss["model"], loss["empty"]
+    res["task_faithfulness"] = _normalize(loss["empty"], loss["circuit"], loss["model"])
+    return res
+
+
+# ---- faithfulness curve -----------------------------------------------------------------------------
+def edge_counts(n_edges: int, points: int) -> list[int]:
+    """0 plus `points` log-spaced counts from 1 to n_edges (deduplicated)."""
+    xs = np.unique(np.round(np.logspace(0, math.log10(max(n_edges, 1)), points)).astype(int))
+    return [0] + [int(x) for x in xs if 1 <= x <= n_edges]
+
+
+def faithfulness_curve(ctx: PatchContext, scores: list[torch.Tensor], points: int = 12) -> dict:
+    counts = edge_counts(sum(s.numel() for s in scores), points)
+    with torch.no_grad():
+        d_e = ctx.metric(ctx.forward(ctx.full_masks(False))).item()
+        divs = [ctx.metric(ctx.forward([m.to(ctx.device) for m in top_k_mask(scores, k)])).item() for k in counts]
+    faith = [_normalize(d_e, d, 0.0) for d in divs]
+    return {"edges": counts, "divergence": divs, "faithfulness": faith}
+
+
+def curve_area(curve: dict) -> float | None:
+    """Trapezoid area of faithfulness over log10(edges) (n >= 1), divided by the axis length."""
+    xs = [math.log10(n) for n in curve["edges"] if n >= 1]
+    ys = [f for n, f in zip(curve["edges"], curve["faithfulness"]) if n >= 1]
+    if len(xs) < 2 or any(y is None for y in ys):
+        return None
+    area = sum((xs[k + 1] - xs[k]) * (ys[k + 1] + ys[k]) / 2 for k in range(len(xs) - 1))
+    return area / (xs[-1] - xs[0])
+
+
+# ---- ground truth -----------------------------------------------------------------------------------
+def roc(scores, truth) -> dict:
+    """ROC curve and AUC of scores against bool truth (lists of tensors or tensors; NaN scores lowest)."""
+    if isinstance(scores, (list, tuple)):
+        s = torch.cat([x.reshape(-1).double() for x in scores])
+        t = torch.cat([x.reshape(-1).bool() for x in truth])
+    else:
+        s, t = scores.reshape(-1).double(), truth.reshape(-1).bool()
+    if s.shape != t.shape:
+        raise ModcircuitError(f"{s.numel()} scores for {t.numel()} ground-truth entries")
+    finite = torch.isfinite(s)
+    lo = s[finite].min().item() - 1 if finite.any() else 0.0
+    hi = s[finite].max().item() + 1 if finite.any() else 0.0
+    s = torch.nan_to_num(s, nan=lo, posinf=hi, neginf=lo)
+    t_np, s_np = t.numpy(), s.numpy()
+    if t_np.all() or not t_np.any():
+        return {"auc": None, "roc": None}
+    fpr, tpr, _ = roc_curve(t_np, s_np)
+    return {"auc": float(roc_auc_score(t_np, s_np)), "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}}
+
+
+def _prefixed(name: str, r: dict) -> dict:
+    return {f"auc_{name}": r["auc"], f"roc_{name}": r["roc"]}
+
+
+def input_scores(model, scores: list[torch.Tensor]) -> torch.Tensor:
+    """[n_outputs, n_features] path flow from each input feature to each output, in original order."""
+    model = as_mlp(model)
+    flow = None
+    for s in scores:
+        s = torch.nan_to_num(s.double(), nan=0.0).clamp_min(0)
+        flow = s if flow is None else s @ flow
+    out = torch.empty_like(flow)
+    out[model.out_perm.cpu()[:, None], model.in_perm.cpu()[None, :]] = flow
+    return out

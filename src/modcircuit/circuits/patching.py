@@ -1,0 +1,166 @@
+"""Running an MLP "as a circuit": an edge outside the circuit carries its source's ablated value.
+
+For linear l with weight W, bias b, live input h (the circuit's own activations) and ablated input a:
+
+    z = (M*W) @ h + ((1-M)*W) @ a + b   ==   a @ W.T + b + (h - a) @ (M*W).T
+
+(the second form is what we compute: an edge whose source has h == a contributes exactly nothing, so
+"no effect" is exactly zero). The ablated value of a source is
+  resample: its activation in the corrupted run of the *full* model (standard ACDC),
+  zero:     0,
+  mean:     its activation in the clean run of the full model, averaged over the clean batch.
+All of this works on positions (weight indices); `model.features` and `model.readout` translate.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ModcircuitError, choice_error
+from ..tasks.base import ABLATIONS
+from .graph import Graph, as_mlp
+
+METRICS = ("kl", "mse")
+
+
+# ---- metrics against the model (reduce the last two dims: examples, outputs) ----------------------
+def divergence(metric: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(model || circuit) averaged over examples (batchmean), or mean squared error to the model.
+    `out` may carry leading candidate dims [..., B, n_out]; `target` is [B, n_out]."""
+    if metric == "kl":
+        logp = F.log_softmax(target, -1)
+        logq = F.log_softmax(out, -1)
+        return (logp.exp() * (logp - logq)).sum(-1).mean(-1)
+    if metric == "mse":
+        return ((out - target) ** 2).mean((-1, -2))
+    raise choice_error("metric", metric, METRICS)
+
+
+def check_choice(metric: str | None, ablation: str) -> None:
+    if metric is not None and metric not in METRICS:
+        raise choice_error("metric", metric, METRICS)
+    if ablation not in ABLATIONS:
+        raise choice_error("ablation", ablation, ABLATIONS)
+
+
+class PatchContext:
+    """Everything a method needs about one model on one batch: float64 weights, the clean activations of
+    the full model, the ablated values, the model's own outputs (the target) and the metric.
+
+    Activations are in position space: h[l] is the input of linear l ([B, widths[l]]); a[l] the ablated
+    value of the same sources ([B or 1, widths[l]]). `target` is the full model's output positions.
+    """
+
+    def __init__(self, model, clean, corrupt=None, *, metric: str = "kl", ablation: str = "resample",
+                 labels=None, means: list[torch.Tensor] | None = None, dtype=torch.float64):
+        check_choice(metric, ablation)
+        self.model = as_mlp(model)
+        self.metric_name = metric
+        self.ablation = ablation
+        self.dtype = dtype
+        p = next(self.model.parameters())
+        self.device = p.device
+        clean = _as_tensor(clean, "clean").to(self.device)
+        if len(clean) == 0:
+            raise ModcircuitError("clean holds no examples; give at least one")
+        if ablation == "resample":
+            if corrupt is None:
+                raise ModcircuitError("resample ablation needs corrupt inputs; give corrupt or use ablation 'zero'/'mean'")
+            corrupt = _as_tensor(corrupt, "corrupt").to(self.device)
+            if corrupt.shape != clean.shape:
+                raise ModcircuitError(f"corrupt has shape {tuple(corrupt.shape)}, clean {tuple(clean.shape)}; they must match")
+        self.clean, self.corrupt, self.labels = clean, corrupt, labels
+        self.graph = Graph.of(self.model)
+        self.L = self.model.n_linears
+        with torch.no_grad():
+            self.W = [lin.weight.detach().to(dtype) for lin in self.model.linears]
+            self.b = [lin.bias.detach().to(dtype) for lin in self.model.linears]
+            self.h = self.live(self._features(clean))
+            self.target = self.h[-1]
+            self.h = self.h[:-1]
+            if ablation == "resample":
+                self.a = self.live(self._features(corrupt))[:-1]
+            elif ablation == "zero":
+                self.a = [torch.zeros(1, w, dtype=dtype, device=self.device) for w in self.model.widths[:-1]]
+            else:
+                if means is None:
+                    means = [h.mean(0) for h in self.h]
+                self.a = [m.to(self.device, dtype).reshape(1, -1) for m in means]
+                if [x.shape[1] for x in self.a] != self.model.widths[:-1]:
+                    raise ModcircuitError("the circuit's stored mean activations do not fit the model's widths")
+        self.forward_passes = 0
+
+    @property
+    def batch(self) -> int:
+        return len(self.clean)
+
+    @property
+    def means(self) -> list[torch.Tensor] | None:
+        return [a.reshape(-1).cpu() for a in self.a] if self.ablation == "mean" else None
+
+    def _features(self, x):
+        try:
+            return self.model.features(x).to(self.dtype)
+        except ModcircuitError:
+            raise
+        except (RuntimeError, IndexError) as e:
+            raise ModcircuitError(f"inputs of shape {tuple(x.shape)} do not fit the model: {str(e).splitlines()[0]}")
+
+    def live(self, h0: torch.Tensor) -> list[torch.Tensor]:
+        """Full-model forward from neuron layer 0; returns [h_0, ..., h_{L-1}, output positions]."""
+        hs = [h0]
+        for l in range(self.L):
+            z = hs[-1] @ self.W[l].T + self.b[l]
+            hs.append(self.model.act(l + 1, z) if l + 1 < self.L else z)
+        return hs
+
+    def pre(self, l: int, h: torch.Tensor, weff: torch.Tensor) -> torch.Tensor:
+        """Pre-activation of neuron layer l+1 given live input h and effective weights M*W."""
+        a = self.a[l]
+        return a @ self.W[l].T + self.b[l] + (h - a) @ weff.T
+
+    def forward(self, masks, start: int = 0, h=None) -> torch.Tensor:
+        """Output positions of the circuit `masks` (bool or float, one per linear). Differentiable in float masks."""
+        self.forward_passes += 1
+        h = self.h[0] if h is None else h
+        for l in range(start, self.L):
+            m = masks[l].to(self.dtype) if masks[l].dtype == torch.bool else masks[l]
+            z = self.pre(l, h, m * self.W[l])
+            h = self.model.act(l + 1, z) if l + 1 < self.L else z
+        return h
+
+    def metric(self, out: torch.Tensor) -> torch.Tensor:
+        return divergence(self.metric_name, out, self.target)
+
+    def full_masks(self, value: bool = True) -> list[torch.Tensor]:
+        return [torch.full(s, value, dtype=torch.bool, device=self.device) for s in self.graph.shapes]
+
+    def outputs(self, masks) -> torch.Tensor:
+        """Circuit outputs in the model's original output order."""
+        with torch.no_grad():
+            return self.model.readout(self.forward(masks))
+
+
+def _as_tensor(x, what: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    try:
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ModcircuitError(f"{what} is not an array of numbers: {e}")
+
+
+def check_threshold(threshold) -> float:
+    if isinstance(threshold, bool):
+        raise ModcircuitError(f"threshold {threshold!r} is not a number; give a number >= 0")
+    if not isinstance(threshold, (int, float)):
+        try:
+            threshold = float(threshold)
+        except (TypeError, ValueError):
+            raise ModcircuitError(f"threshold {threshold!r} is not a number; give a number >= 0")
+    threshold = float(threshold)
+    if math.isnan(threshold) or threshold < 0 or math.isinf(threshold):
+        raise ModcircuitError(f"threshold {threshold} is not allowed; give a finite number >= 0")
+    return threshold
