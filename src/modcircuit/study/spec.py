@@ -1,0 +1,369 @@
+"""Study files (TOML): tasks x regimes x seeds x methods x thresholds, validated with one-line errors.
+
+    name = "demo"
+    tasks = ["two-moons", "symbolic-independence"]
+    regimes = ["vanilla", "l1", "bimt"]
+    seeds = [0, 1]
+    methods = ["acdc", "eap"]
+    thresholds = [0.01]          # and/or edge_counts = [20, 50] (top-k circuits)
+    ablation = "resample"        # resample | zero | mean
+    metric = "default"           # the task's default metric, or a metric name discover() accepts
+    task_fallbacks = {mnist = "digits"}   # use digits when mnist cannot be built (no IDX files)
+
+    [train]                      # TrainConfig overrides for every task
+    steps = 3000
+    [task_train.digits]          # overrides for one task (win over [train])
+    steps = 2000
+    [task_options.mnist]         # options passed to get_task
+    n_train = 10000
+    [profile]
+    enabled = true
+
+Each cell of the study is keyed by a hash of its full configuration (the resolved training
+config, task options, method settings), so a results store shared between studies never
+recomputes a cell it already holds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ModcircuitError, choice_error
+
+METHODS = ("acdc", "eap", "eap-ig", "magnitude", "probing", "random")
+ABLATIONS = ("resample", "zero", "mean")
+AXIS_KEYS = ("regime", "seed")  # set by the study's axes, never in [train]
+
+
+class ProfileSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # train each model in a fresh child process so its peak resident set is that job's alone
+    fresh_process: bool = True
+    latency_repeats: int = Field(300, ge=5)
+    throughput_batch: int = Field(4096, ge=1)
+    throughput_repeats: int = Field(20, ge=3)
+
+
+class StudySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    tasks: list[str] = Field(min_length=1)
+    regimes: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1)
+    thresholds: list[float] = Field(default_factory=lambda: [0.01])
+    edge_counts: list[int] = Field(default_factory=list)
+    metric: str | None = None
+    ablation: str = "resample"
+    curves: bool = True
+    device: str = "cpu"
+    train: dict[str, Any] = Field(default_factory=dict)
+    task_train: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    task_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    task_fallbacks: dict[str, str] = Field(default_factory=dict)
+    profile: ProfileSpec = Field(default_factory=ProfileSpec)
+    results: str | None = None
+    artifacts: str | None = None
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v):
+        from ..tasks import task_names
+
+        for t in v:
+            if t not in task_names():
+                raise choice_error("task", t, task_names())
+        return _unique("tasks", v)
+
+    @field_validator("regimes")
+    @classmethod
+    def _regimes(cls, v):
+        from ..train import REGIMES
+
+        for r in v:
+            if r not in REGIMES:
+                raise choice_error("regime", r, REGIMES)
+        return _unique("regimes", v)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        return _unique("seeds", v)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v):
+        for m in v:
+            if m not in METHODS:
+                raise choice_error("method", m, METHODS)
+        return _unique("methods", v)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, v):
+        for t in v:
+            if not math.isfinite(t) or t < 0:
+                raise ModcircuitError(f"threshold {t!r} must be a finite number >= 0")
+        return _unique("thresholds", v)
+
+    @field_validator("edge_counts")
+    @classmethod
+    def _edge_counts(cls, v):
+        for k in v:
+            if k < 1:
+                raise ModcircuitError(f"edge count {k!r} must be >= 1")
+        return _unique("edge_counts", v)
+
+    @field_validator("ablation")
+    @classmethod
+    def _ablation(cls, v):
+        if v not in ABLATIONS:
+            raise choice_error("ablation", v, ABLATIONS)
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v):
+        return None if v in (None, "", "default") else v
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v):
+        _check_overrides(v, "[train]")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self):
+        if not self.thresholds and not self.edge_counts:
+            raise ModcircuitError("a study needs at least one of thresholds or edge_counts")
+        from ..tasks import task_names
+
+        for table, mapping in (("task_train", self.task_train), ("task_options", self.task_options),
+                               ("task_fallbacks", self.task_fallbacks)):
+            for t in mapping:
+                if t not in self.tasks:
+                    raise ModcircuitError(f"[{table}.{t}] names a task that is not in tasks; tasks: {', '.join(self.tasks)}")
+        for t, fb in self.task_fallbacks.items():
+            if fb not in task_names():
+                raise choice_error(f"fallback task for {t}", fb, task_names())
+        for t, ov in self.task_train.items():
+            _check_overrides(ov, f"[task_train.{t}]")
+        return self
+
+    # ---- derived --------------------------------------------------------------------------
+    def results_path(self) -> Path:
+        return Path(self.results) if self.results else Path("results") / f"{self.name}.duckdb"
+
+    def artifacts_path(self) -> Path:
+        if self.artifacts:
+            return Path(self.artifacts)
+        r = self.results_path()
+        return r.with_name(r.stem + "-artifacts")
+
+
+def _unique(what, v):
+    seen = set()
+    for x in v:
+        if x in seen:
+            raise ModcircuitError(f"{what} lists {x!r} twice")
+        seen.add(x)
+    return v
+
+
+def _check_overrides(overrides: dict, where: str) -> None:
+    from ..train.config import make_config
+
+    for k in AXIS_KEYS:
+        if k in overrides:
+            raise ModcircuitError(f"{where} sets {k!r}, which the study sets from its {k}s list")
+    try:
+        make_config({}, overrides)
+    except ModcircuitError as e:
+        raise ModcircuitError(f"{where}: {e}") from None
+
+
+def _pydantic_error(e: ValidationError, source: str) -> ModcircuitError:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    ctx_err = err.get("ctx", {}).get("error")
+    if isinstance(ctx_err, ModcircuitError):
+        return ModcircuitError(f"{source}: {ctx_err}")
+    if err["type"] == "extra_forbidden":
+        parent = StudySpec if len(err["loc"]) == 1 else ProfileSpec
+        allowed = ", ".join(sorted(parent.model_fields))
+        return ModcircuitError(f"{source}: unknown key {loc!r}; allowed: {allowed}")
+    if err["type"] == "missing":
+        return ModcircuitError(f"{source}: missing required key {loc!r}")
+    if err["type"] == "too_short":
+        return ModcircuitError(f"{source}: {loc} is empty; list at least one value")
+    msg = err["msg"].removeprefix("Value error, ")
+    return ModcircuitError(f"{source}: invalid {loc}={err.get('input')!r}: {msg}")
+
+
+def parse_spec(data: dict, source: str = "study") -> StudySpec:
+    try:
+        return StudySpec(**data)
+    except ValidationError as e:
+        raise _pydantic_error(e, source) from None
+    except ModcircuitError as e:  # raised directly by a model validator
+        raise ModcircuitError(f"{source}: {e}") from None
+
+
+def load_spec(path) -> StudySpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ModcircuitError(f"study file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ModcircuitError(f"study file {str(path)!r} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ModcircuitError(f"study file {str(path)!r} is not UTF-8 text") from None
+    return parse_spec(data, str(path))
+
+
+# ---- cells -------------------------------------------------------------------------------
+def config_key(cfg: dict) -> str:
+    """A stable hash of a configuration: canonical JSON, sha256, 16 hex digits."""
+    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunCell:
+    task: str
+    task_options: dict
+    regime: str
+    seed: int
+    overrides: dict  # what the study sets (train + task_train); the full config is in `config`
+    config: dict  # the resolved TrainConfig, regime and seed included
+    key: str = ""
+
+    def __post_init__(self):
+        self.key = self.key or config_key({"kind": "run", "task": self.task, "task_options": self.task_options,
+                                           "train": self.config})
+
+    def label(self) -> str:
+        return f"{self.task}/{self.regime}/seed {self.seed}"
+
+
+@dataclass
+class CircuitCell:
+    run_key: str
+    method: str
+    threshold: float | None
+    edge_count: int | None
+    metric: str | None
+    ablation: str
+    curves: bool
+    key: str = ""
+
+    def __post_init__(self):
+        self.key = self.key or config_key({"kind": "circuit", "run": self.run_key, "method": self.method,
+                                           "threshold": self.threshold, "edge_count": self.edge_count,
+                                           "metric": self.metric, "ablation": self.ablation,
+                                           "curves": self.curves})
+
+    def label(self) -> str:
+        sel = f"tau={self.threshold:g}" if self.threshold is not None else f"top {self.edge_count}"
+        return f"{self.method} {sel}"
+
+
+@dataclass
+class ProfileCell:
+    run_key: str
+    latency_repeats: int
+    throughput_batch: int
+    throughput_repeats: int
+    device: str
+    key: str = ""
+
+    def __post_init__(self):
+        self.key = self.key or config_key({"kind": "profile", "run": self.run_key, "latency_repeats": self.latency_repeats,
+                                           "throughput_batch": self.throughput_batch,
+                                           "throughput_repeats": self.throughput_repeats, "device": self.device})
+
+
+@dataclass
+class Unit:
+    """What one worker does: train (or reload) one model, then its pending circuits and profile."""
+
+    study: str
+    run: RunCell
+    circuits: list[CircuitCell] = field(default_factory=list)
+    profile: ProfileCell | None = None
+    run_done: bool = False  # the model exists: reload it from `checkpoint` instead of training
+    checkpoint: dict[str, bytes] | None = None  # file name -> bytes of the stored checkpoint
+    fresh_process: bool = True
+
+    def label(self) -> str:
+        return self.run.label()
+
+
+@dataclass
+class Plan:
+    spec: StudySpec
+    runs: list[RunCell]
+    circuits: list[CircuitCell]
+    profiles: list[ProfileCell]
+    substitutions: dict[str, str]  # task -> fallback used
+
+
+def resolve_tasks(spec: StudySpec) -> tuple[dict[str, str], dict[str, str]]:
+    """task as named -> task actually used (fallbacks applied when a task cannot be built)."""
+    from ..tasks import get_task
+
+    used, subs = {}, {}
+    for t in spec.tasks:
+        if t in spec.task_fallbacks:
+            try:
+                get_task(t, seed=spec.seeds[0], **spec.task_options.get(t, {}))
+                used[t] = t
+            except ModcircuitError:
+                used[t] = spec.task_fallbacks[t]
+                subs[t] = spec.task_fallbacks[t]
+        else:
+            used[t] = t
+    return used, subs
+
+
+def plan(spec: StudySpec) -> Plan:
+    """Every cell of the study, in a stable order (task, regime, seed; then methods, selections)."""
+    from ..tasks import get_task
+    from ..train.config import make_config
+
+    used, subs = resolve_tasks(spec)
+    runs, circuits, profiles = [], [], []
+    selections = [(t, None) for t in spec.thresholds] + [(None, k) for k in spec.edge_counts]
+    for named in spec.tasks:
+        t = used[named]
+        opts = dict(spec.task_options.get(named, {})) if t == named else {}
+        overrides = {**spec.train, **spec.task_train.get(named, {}), "device": spec.device}
+        try:
+            defaults = get_task(t, seed=spec.seeds[0], **opts).defaults
+        except TypeError as e:
+            raise ModcircuitError(f"[task_options.{named}]: {e}") from None
+        for regime in spec.regimes:
+            for seed in spec.seeds:
+                cfg = make_config(defaults, {**overrides, "regime": regime, "seed": seed}).model_dump()
+                rc = RunCell(task=t, task_options=opts, regime=regime, seed=seed, overrides=overrides, config=cfg)
+                runs.append(rc)
+                for m in spec.methods:
+                    for thr, k in selections:
+                        circuits.append(CircuitCell(rc.key, m, thr, k, spec.metric, spec.ablation, spec.curves))
+                if spec.profile.enabled:
+                    p = spec.profile
+                    profiles.append(ProfileCell(rc.key, p.latency_repeats, p.throughput_batch, p.throughput_repeats,
+                                                spec.device))
+    return Plan(spec, runs, circuits, profiles, subs)
