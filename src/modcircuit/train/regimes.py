@@ -45,6 +45,31 @@ def penalty(model, regime: str, lam: float, weight_factor: float, l0: float, agg
     return lam * connection_cost(model, weight_factor, l0, agg)
 
 
+@torch.no_grad()
+def add_penalty_grad_(model, regime: str, lam: float, weight_factor: float, l0: float, agg: str,
+                      factors: list | None = None) -> None:
+    """Add d(penalty)/dW to every weight's .grad in place: the same (sub)gradient autograd gives for
+    `penalty`, without building its graph each step (it costs as much as a small model's forward).
+    `factors` caches weight_factor * D + l0 per linear map (positions never move)."""
+    if regime == "vanilla" or lam == 0:
+        return
+    for k, (w, b, dist) in enumerate(model.cost_terms()):
+        scale = lam / w.numel() if agg == "mean" else lam
+        if regime == "l1":
+            w.grad.add_(torch.sign(w), alpha=scale)
+        elif regime == "l2":
+            w.grad.add_(w, alpha=2 * scale)
+        else:
+            factor = factors[k] if factors is not None else weight_factor * dist + l0
+            w.grad.addcmul_(torch.sign(w), factor, value=scale)
+            if b is not None:
+                b.grad.add_(torch.sign(b), alpha=(lam / b.numel() if agg == "mean" else lam) * l0)
+
+
+def cost_factors(model, weight_factor: float, l0: float) -> list:
+    return [weight_factor * dist + l0 for _, _, dist in model.cost_terms()]
+
+
 def lam_at(step: int, steps: int, lam: float, schedule: list) -> float:
     """Piecewise-constant lam: schedule [[fraction, multiplier], ...]; from step >= fraction*steps on, lam*multiplier."""
     mult = 1.0
