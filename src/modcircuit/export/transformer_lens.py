@@ -9,7 +9,8 @@ embeddings, causal attention scaled by sqrt(d_head), ReLU/GELU MLPs and an untie
 Our [out, in] weights become TransformerLens' [in, out] ones, heads unstacked:
   W_Q [H*dh, d] -> attn.W_Q [H, d, dh]      W_O [d, H*dh] -> attn.W_O [H, dh, d]
   W_in [m, d]   -> mlp.W_in [d, m]          W_out [d, m]  -> mlp.W_out [m, d]
-  W_E [n, d]    -> embed.W_E [n, d]          W_U [o, d]   -> unembed.W_U [d, o]
+  W_E [d, n]    -> embed.W_E [n, d]          W_pos [d, T] -> pos_embed.W_pos [T, d]
+  W_U [o, d]    -> unembed.W_U [d, o]
 The HookedTransformer's logits at every position equal `model.logits_all(tokens)`; our
 `model(tokens)` is its last position.
 
@@ -65,7 +66,7 @@ def tl_config(model, **overrides):
 def tl_state_dict(model) -> dict[str, torch.Tensor]:
     """Our weights under TransformerLens' names and shapes."""
     H, dh, d = model.n_heads, model.d_head, model.d_model
-    sd = {"embed.W_E": model.W_E.clone(), "pos_embed.W_pos": model.W_pos.clone()}
+    sd = {"embed.W_E": model.W_E.T.clone(), "pos_embed.W_pos": model.W_pos.T.clone()}
     if model.b_E is not None:  # vector inputs: the input bias is constant per position, fold it into W_pos
         sd["pos_embed.W_pos"] = sd["pos_embed.W_pos"] + model.b_E
     for l, b in enumerate(model.blocks):

@@ -3,14 +3,16 @@
 Architecture (the same as TransformerLens' `HookedTransformer` with normalization "LN", learned
 positional embeddings, causal attention, so `export.to_transformer_lens` is exact):
 
-    resid   = embed(x) + W_pos[:T]                        tokens: W_E[x]; vectors: x @ W_E + b_E
+    resid   = embed(x) + W_pos.T[:T]                      tokens: W_E.T[x]; vectors: x @ W_E.T + b_E
     resid  += attn_l(ln1_l(resid))       for each block l  (heads H, head size dh)
     resid  += mlp_l(ln2_l(resid))                          (d_mlp neurons, relu or gelu)
     logits  = ln_f(resid) @ W_U.T + b_U                    forward() returns the last position
 
 Weights are stored as [out, in] matrices (like nn.Linear), heads stacked head-major:
-W_Q/W_K/W_V [H*dh, d_model], W_O [d_model, H*dh]; the embeddings as [n_in, d_model] (like
-TransformerLens' W_E), W_pos [n_ctx, d_model], the unembedding W_U [d_out, d_model].
+W_Q/W_K/W_V [H*dh, d_model], W_O [d_model, H*dh]; the embeddings too, as maps from a one-hot token
+(or input feature) or position: W_E [d_model, n_in], W_pos [d_model, n_ctx]; the unembedding
+W_U [d_out, d_model]. So every entry of `cost_terms` is a parameter (the trainer adds the penalty's
+gradient to `.grad` directly).
 
 Geometry. Every neuron layer lies on a line on [0, 1] (position p of n at (p+0.5)/n):
   tokens (or input features), positions, residual dimensions (one layout shared by every block:
@@ -21,8 +23,8 @@ Geometry. Every neuron layer lies on a line on [0, 1] (position p of n at (p+0.5
   LayerNorm gains are per-dimension (diagonal), not connections, and carry no cost.
 
 Swaps (`relocate`), each an exact symmetry of the function:
-  residual   two residual dimensions, tied across the whole model: columns of W_E, W_pos and of
-             every reader (W_Q, W_K, W_V, W_in, W_U), rows of every writer (W_O, W_out) and their
+  residual   two residual dimensions, tied across the whole model: columns of every reader
+             (W_Q, W_K, W_V, W_in, W_U), rows of every writer (W_E, W_pos, W_O, W_out) and their
              biases, and every LayerNorm's weight and bias (LayerNorm is permutation-equivariant);
   head       two whole heads of a block: their q, k, v rows and biases and their W_O columns;
   head-dim   two neurons inside one head: the same rows of q, k and v (q.k and the value->output
@@ -154,9 +156,9 @@ class GeometricTransformer(nn.Module):
         self.d_mlp, self.n_ctx, self.d_out, self.act = d_mlp, n_ctx, d_out, act
         self.d_vocab, self.d_input, self.layernorm = d_vocab, d_input, bool(layernorm)
         n_in = d_vocab if d_vocab is not None else d_input
-        self.W_E = nn.Parameter(torch.randn(n_in, d_model) * (1.0 if d_vocab is not None else 1.0 / math.sqrt(n_in)))
+        self.W_E = nn.Parameter(torch.randn(d_model, n_in) * (1.0 if d_vocab is not None else 1.0 / math.sqrt(n_in)))
         self.b_E = nn.Parameter(torch.zeros(d_model)) if d_input is not None else None
-        self.W_pos = nn.Parameter(torch.randn(n_ctx, d_model) * 0.1)
+        self.W_pos = nn.Parameter(torch.randn(d_model, n_ctx) * 0.1)
         self.blocks = nn.ModuleList(Block(d_model, n_heads, d_head, d_mlp, self.layernorm) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model, eps=1e-5) if self.layernorm else None
         self.W_U = nn.Parameter(torch.randn(d_out, d_model) / math.sqrt(d_model))
@@ -198,7 +200,7 @@ class GeometricTransformer(nn.Module):
 
     def cost_terms(self):
         """(weight [out, in], bias or None, D [out, in]) for every linear map of the model."""
-        terms = [(self.W_E.T, self.b_E, self.dist_res_in), (self.W_pos.T, None, self.dist_res_pos)]
+        terms = [(self.W_E, self.b_E, self.dist_res_in), (self.W_pos, None, self.dist_res_pos)]
         for b in self.blocks:
             terms += [
                 (b.W_Q, b.b_Q, self.dist_head_res), (b.W_K, b.b_K, self.dist_head_res),
@@ -227,8 +229,8 @@ class GeometricTransformer(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The embedding's contribution to the residual stream: token (or input) embedding + position."""
         x = self.check_input(x)
-        e = self.W_E[x] if self.tokens else x @ self.W_E + self.b_E
-        return e + self.W_pos[: x.shape[1]]
+        e = self.W_E.T[x] if self.tokens else x @ self.W_E.T + self.b_E
+        return e + self.W_pos.T[: x.shape[1]]
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         if self.ln_f is not None:
@@ -257,9 +259,9 @@ class GeometricTransformer(nn.Module):
         if kind == "residual":
             d = self.d_model
             slots = torch.arange(d).view(d, 1)
-            cost = [(self.W_E.T, self.dist_res_in, "row"), (self.W_pos.T, self.dist_res_pos, "row"),
+            cost = [(self.W_E, self.dist_res_in, "row"), (self.W_pos, self.dist_res_pos, "row"),
                     (self.W_U, self.dist_out_res, "col")]
-            params = [(self.W_E, 1), (self.W_pos, 1), (self.W_U, 1)]
+            params = [(self.W_E, 0), (self.W_pos, 0), (self.W_U, 1)]
             if self.b_E is not None:
                 params.append((self.b_E, 0))
             lns = [self.ln_f]

@@ -1,0 +1,621 @@
+"""Head-level circuit graph of a GeometricTransformer, patching on it, and the discovery methods.
+
+Graph (the residual-stream graph of Conmy et al. / auto-circuit):
+  sources       embed (token or input embedding + positions), every head A{l}.{h} (its result, without
+                the layer's b_O), every MLP{l} (its output, b_out included);
+  destinations  every head's input A{l}.{h} -- or, with split_qkv, its q, k and v inputs separately
+                (A{l}.{h}.q/k/v) --, every MLP{l}'s input and the output (the final residual stream,
+                before ln_f and the unembedding);
+  edges         source -> destination wherever the source writes before the destination reads:
+                embed feeds everything, a head of layer l feeds MLP l and all of layers > l, MLP l
+                feeds layers > l. Attention biases b_O are constants of the residual stream, present in
+                every run (they are equal in the clean and corrupted runs).
+
+Patching, the same semantics as the MLP engine (circuits/patching.py): an edge outside the circuit
+carries the source's ablated value instead of its live one, so destination k reads
+
+    x_k = const_k + sum_s a_s + sum_s M[k, s] * (live_s - a_s)
+
+where live_s is the source's output in this (patched) run and a_s its ablated value: resample = its
+output in the full model's run on the corrupted input, zero = 0, mean = its output on the clean batch
+averaged over examples (per position). The full circuit (M = 1) is the model; the empty circuit
+(M = 0) is the ablated run (with resample ablation: the model on the corrupted input). Everything runs
+in float64 on a copy of the model. Outputs and metrics are taken at the last position.
+
+Methods (`discover_transformer(..., method=)`): acdc (fast), acdc-plain (reference), eap, eap-ig,
+magnitude, random, probing -- the same names, conventions (score per edge, higher = more important;
+ACDC keeps an edge when removing it worsens the metric by >= threshold) and objectives as the MLP ones.
+Fast ACDC: while receiver r is processed, every receiver before it in topological order is still
+complete, so all of r's sources have their clean values and removing edge (s -> r) just subtracts
+(h_s - a_s) from r's input; candidates are evaluated from r's layer onward only, batched (all
+remaining edges of r at once from the current state; after an accepted removal the rest is re-batched,
+which keeps ACDC's sequential rule exactly).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ModcircuitError, choice_error
+from ..nn.transformer import GeometricTransformer
+
+METRICS = ("kl", "mse")
+ABLATIONS = ("resample", "zero", "mean")
+OBJECTIVES = ("recovered", "logit-diff")
+
+
+def divergence(metric: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(model || circuit) (batchmean) or MSE to the model; out [..., B, n_out], target [B, n_out]."""
+    if metric == "kl":
+        logp, logq = F.log_softmax(target, -1), F.log_softmax(out, -1)
+        return (logp.exp() * (logp - logq)).sum(-1).mean(-1)
+    if metric == "mse":
+        return ((out - target) ** 2).mean((-1, -2))
+    raise choice_error("metric", metric, METRICS)
+
+
+# ---- the graph -----------------------------------------------------------------------------------
+@dataclass
+class TransformerGraph:
+    n_layers: int
+    n_heads: int
+    split_qkv: bool = False
+
+    @classmethod
+    def of(cls, model: GeometricTransformer, split_qkv: bool = False) -> "TransformerGraph":
+        return cls(model.n_layers, model.n_heads, bool(split_qkv))
+
+    @property
+    def nq(self) -> int:
+        return 3 if self.split_qkv else 1
+
+    # sources: embed, then per layer its heads and its MLP
+    def src_head(self, l: int, h: int) -> int:
+        return 1 + l * (self.n_heads + 1) + h
+
+    def src_mlp(self, l: int) -> int:
+        return 1 + l * (self.n_heads + 1) + self.n_heads
+
+    @property
+    def n_src(self) -> int:
+        return 1 + self.n_layers * (self.n_heads + 1)
+
+    def n_src_before(self, l: int) -> int:
+        """Sources written before layer l's attention reads."""
+        return 1 + l * (self.n_heads + 1)
+
+    # destinations: per layer its heads' inputs (q,k,v per head when split), its MLP; then the output
+    def dest_attn(self, l: int, h: int, c: int = 0) -> int:
+        return l * (self.nq * self.n_heads + 1) + h * self.nq + c
+
+    def dest_mlp(self, l: int) -> int:
+        return l * (self.nq * self.n_heads + 1) + self.nq * self.n_heads
+
+    @property
+    def dest_out(self) -> int:
+        return self.n_layers * (self.nq * self.n_heads + 1)
+
+    @property
+    def n_dest(self) -> int:
+        return self.dest_out + 1
+
+    def dest_layer(self, k: int) -> int:
+        """The layer whose computation reads destination k (n_layers for the output)."""
+        return min(k // (self.nq * self.n_heads + 1), self.n_layers)
+
+    def dest_n_src(self, k: int) -> int:
+        """How many sources (a prefix of the source order) feed destination k."""
+        if k == self.dest_out:
+            return self.n_src
+        l = self.dest_layer(k)
+        return self.n_src_before(l) + (self.n_heads if k == self.dest_mlp(l) else 0)
+
+    @property
+    def allowed(self) -> torch.Tensor:
+        A = torch.zeros(self.n_dest, self.n_src, dtype=torch.bool)
+        for k in range(self.n_dest):
+            A[k, : self.dest_n_src(k)] = True
+        return A
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.allowed.sum())
+
+    def src_names(self) -> list[str]:
+        names = ["embed"]
+        for l in range(self.n_layers):
+            names += [f"A{l}.{h}" for h in range(self.n_heads)] + [f"MLP{l}"]
+        return names
+
+    def dest_names(self) -> list[str]:
+        names = []
+        for l in range(self.n_layers):
+            for h in range(self.n_heads):
+                names += [f"A{l}.{h}.{c}" for c in "qkv"] if self.split_qkv else [f"A{l}.{h}"]
+            names.append(f"MLP{l}")
+        return names + ["output"]
+
+    def edges(self):
+        """(dest k, source s, source name, dest name) for every edge, destinations in order."""
+        sn, dn = self.src_names(), self.dest_names()
+        for k in range(self.n_dest):
+            for s in range(self.dest_n_src(k)):
+                yield k, s, sn[s], dn[k]
+
+    def acdc_order(self):
+        """Receivers in reverse topological order (output, then per layer from the last: the MLP, then the
+        attention inputs by index ascending), each receiver's sources by index ascending. Yields (k, s)."""
+        receivers = [self.dest_out]
+        for l in reversed(range(self.n_layers)):
+            receivers.append(self.dest_mlp(l))
+            receivers += [self.dest_attn(l, h, c) for h in range(self.n_heads) for c in range(self.nq)]
+        for k in receivers:
+            for s in range(self.dest_n_src(k)):
+                yield k, s
+
+
+# ---- patching ------------------------------------------------------------------------------------
+class TransformerPatchContext:
+    """A float64 copy of the model, the clean source outputs h [n_src, 1, B, T, d], the ablated ones
+    a [n_src, 1, B|1, T, d], the model's output (target), and the masked forward pass.
+
+    Tensors carry a leading candidate dimension K (1 for an ordinary run) so fast ACDC can evaluate many
+    candidate circuits in one pass."""
+
+    def __init__(self, model, clean, corrupt=None, *, metric: str = "kl", ablation: str = "resample",
+                 split_qkv: bool = False, labels=None, means: torch.Tensor | None = None, dtype=torch.float64):
+        if not isinstance(model, GeometricTransformer):
+            raise ModcircuitError(f"the transformer graph needs a GeometricTransformer, got {type(model).__name__}")
+        if metric not in METRICS:
+            raise choice_error("metric", metric, METRICS)
+        if ablation not in ABLATIONS:
+            raise choice_error("ablation", ablation, ABLATIONS)
+        self.metric_name, self.ablation, self.dtype = metric, ablation, dtype
+        self.model = copy.deepcopy(model).to(dtype).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.device = self.model.W_E.device
+        self.graph = TransformerGraph.of(model, split_qkv)
+        self.allowed = self.graph.allowed.to(self.device)
+        clean = torch.as_tensor(clean).to(self.device)
+        if len(clean) == 0:
+            raise ModcircuitError("clean holds no examples; give at least one")
+        if ablation == "resample":
+            if corrupt is None:
+                raise ModcircuitError("resample ablation needs corrupt inputs; give corrupt or use ablation 'zero'/'mean'")
+            corrupt = torch.as_tensor(corrupt).to(self.device)
+            if corrupt.shape != clean.shape:
+                raise ModcircuitError(f"corrupt has shape {tuple(corrupt.shape)}, clean {tuple(clean.shape)}; they must match")
+        self.clean, self.corrupt, self.labels = clean, corrupt, labels
+        self.forward_passes = 0
+        g = self.graph
+        # constants of the residual stream per destination: the attention biases written before it
+        d = self.model.d_model
+        self.const = torch.zeros(g.n_dest, d, dtype=dtype, device=self.device)
+        for k in range(g.n_dest):  # attention of layer j writes b_O before destination k reads?
+            l = g.dest_layer(k)
+            n_b = l + 1 if (k != g.dest_out and k == g.dest_mlp(l)) else l
+            for j in range(n_b):
+                self.const[k] += self.model.blocks[j].b_O
+        with torch.no_grad():
+            self.h, out = self.source_outputs(clean)
+            self.target = out
+            if ablation == "resample":
+                self.a, self.corrupt_out = self.source_outputs(corrupt)
+            elif ablation == "zero":
+                self.a = torch.zeros(g.n_src, 1, 1, *self.h.shape[3:], dtype=dtype, device=self.device)
+            else:
+                if means is None:
+                    means = self.h.mean(2, keepdim=True)
+                self.a = means.to(self.device, dtype).reshape(g.n_src, 1, 1, *self.h.shape[3:])
+        self.forward_passes = 0
+
+    @property
+    def batch(self) -> int:
+        return len(self.clean)
+
+    @property
+    def means(self):
+        return self.a.cpu() if self.ablation == "mean" else None
+
+    def source_outputs(self, x):
+        """Every source's output in the full model on x: [n_src, 1, B, T, d], and the output [B, d_out]."""
+        m = self.model
+        try:
+            e = m.embed(x).to(self.dtype)
+        except ModcircuitError:
+            raise
+        except (RuntimeError, IndexError) as err:
+            raise ModcircuitError(f"inputs of shape {tuple(x.shape)} do not fit the model: {str(err).splitlines()[0]}")
+        outs, resid = [e], e
+        for b in m.blocks:
+            res = b.head_results(b.head_z(resid))  # [B, T, H, d]
+            outs += list(res.unbind(2))
+            resid = resid + res.sum(2) + b.b_O
+            mo = b.mlp(resid, m.act)
+            outs.append(mo)
+            resid = resid + mo
+        return torch.stack(outs)[:, None], m.unembed(resid)[:, -1]
+
+    def inputs(self, M: torch.Tensor, live: torch.Tensor, dests) -> torch.Tensor:
+        """Inputs of destinations `dests` (a list, all fed by the same prefix of n sources = len(live)):
+        [K, B, T, len(dests), d]."""
+        n = live.shape[0]
+        Md = M[dests][:, :n].to(self.dtype)  # [k, n]
+        a = self.a[:n]
+        A = self.allowed[dests][:, :n].to(self.dtype)
+        base = torch.einsum("ks,sKbtd->Kbtkd", A, a) + self.const[dests]
+        return base + torch.einsum("ks,sKbtd->Kbtkd", Md, live - a)
+
+    def run(self, M: torch.Tensor, start: int = 0, live: torch.Tensor | None = None,
+            override: tuple[int, torch.Tensor] | None = None, record: dict | None = None) -> torch.Tensor:
+        """The circuit M's output [K, B, d_out] at the last position, from layer `start` on.
+
+        live: the sources written before layer `start` ([n_src_before(start), K, B, T, d]); default the
+        clean ones (right when every destination before layer `start` is complete). override=(k, x)
+        replaces destination k's input by x [K, B, T, d]. record: filled with every destination's input
+        (for gradients)."""
+        self.forward_passes += 1
+        g, m = self.graph, self.model
+        H = g.n_heads
+        if live is None:
+            live = self.h[: g.n_src_before(start)] if start < g.n_layers else self.h
+        srcs = list(live.unbind(0))
+
+        def get(dests):
+            x = self.inputs(M, torch.stack(torch.broadcast_tensors(*srcs)), dests)
+            if override is not None and override[0] in dests:
+                i, v = dests.index(override[0]), override[1]
+                x = x.expand(max(x.shape[0], v.shape[0]), *x.shape[1:]).clone()
+                x[..., i, :] = v
+            if record is not None:
+                if x.requires_grad:
+                    x.retain_grad()
+                record[tuple(dests)] = x
+            return x
+
+        for l in range(start, g.n_layers):
+            b = m.blocks[l]
+            x = get([g.dest_attn(l, h, c) for h in range(H) for c in range(g.nq)])  # [K, B, T, H*nq, d]
+            K, B, T = x.shape[:3]
+            x = x.reshape(K * B, T, H, g.nq, -1)
+            if g.nq == 3:
+                z = b.head_z(x[..., 0, :], x[..., 1, :], x[..., 2, :])
+            else:
+                z = b.head_z(x[..., 0, :])
+            res = b.head_results(z).reshape(K, B, T, H, -1)
+            srcs += list(res.unbind(3))
+            xm = get([g.dest_mlp(l)])[..., 0, :]
+            srcs.append(b.mlp(xm, m.act))
+        xo = get([g.dest_out])[..., 0, :]
+        return m.unembed(xo)[..., -1, :]
+
+    def forward(self, M: torch.Tensor) -> torch.Tensor:
+        """Output [B, d_out] of the circuit M (bool or float [n_dest, n_src])."""
+        return self.run(M)[0]
+
+    def metric(self, out: torch.Tensor) -> torch.Tensor:
+        return divergence(self.metric_name, out, self.target)
+
+    def full_mask(self, value: bool = True) -> torch.Tensor:
+        return self.allowed.clone() if value else torch.zeros_like(self.allowed)
+
+
+# ---- methods -------------------------------------------------------------------------------------
+@dataclass
+class MethodResult:
+    scores: torch.Tensor  # [n_dest, n_src], NaN where there is no edge
+    mask: torch.Tensor | None = None
+    forward_passes: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def acdc_plain(ctx: TransformerPatchContext, threshold: float) -> MethodResult:
+    """Reference ACDC: one full masked forward pass per edge."""
+    M = ctx.full_mask().to(ctx.dtype)
+    scores = torch.full(M.shape, float("nan"), dtype=torch.float64)
+    with torch.no_grad():
+        m_cur = ctx.metric(ctx.forward(M)).item()
+        for k, s in ctx.graph.acdc_order():
+            M[k, s] = 0.0
+            m_new = ctx.metric(ctx.forward(M)).item()
+            scores[k, s] = m_new - m_cur
+            if m_new - m_cur < threshold:
+                m_cur = m_new
+            else:
+                M[k, s] = 1.0
+    return MethodResult(scores, M.bool().cpu() & ctx.allowed.cpu(), ctx.forward_passes, {"final_metric": m_cur})
+
+
+def acdc_fast(ctx: TransformerPatchContext, threshold: float, max_candidates: int = 256) -> MethodResult:
+    """ACDC with the receiver's upstream cached and its candidates batched (same result as acdc_plain)."""
+    g = ctx.graph
+    M = ctx.full_mask().to(ctx.dtype)
+    scores = torch.full(M.shape, float("nan"), dtype=torch.float64)
+    thr = float(threshold)
+    candidates = 0
+    order: dict[int, list[int]] = {}
+    for k, s in g.acdc_order():
+        order.setdefault(k, []).append(s)
+    with torch.no_grad():
+        m_cur = ctx.metric(ctx.forward(M)).item()
+        for r, srcs in order.items():
+            l = g.dest_layer(r)
+            n = g.dest_n_src(r)
+            diff = ctx.h[:n, 0] - ctx.a[:n, 0]  # [n, B|1, T, d] -> broadcast below
+            diff = diff.expand(n, *ctx.h.shape[2:])
+            cur = ctx.inputs(M, ctx.h[:n], [r])[0, ..., 0, :]  # [B, T, d]: clean sources, current row
+            zero = [bool((diff[s] == 0).all()) for s in range(n)]
+            pending = []
+            for s in srcs:
+                if zero[s]:  # removing it changes nothing: score exactly 0
+                    scores[r, s] = 0.0
+                    if 0.0 < thr:
+                        M[r, s] = 0.0
+                else:
+                    pending.append(s)
+            pos = 0
+            while pos < len(pending):
+                chunk = pending[pos: pos + max_candidates]
+                cands = cur[None] - diff[chunk]  # [K, B, T, d]
+                start = min(l, g.n_layers)
+                mets = ctx.metric(ctx.run(M, start=start, override=(r, cands))).tolist()
+                candidates += len(chunk)
+                used = len(chunk)
+                for i, s in enumerate(chunk):
+                    sc = mets[i] - m_cur
+                    scores[r, s] = sc
+                    if sc < thr:
+                        M[r, s] = 0.0
+                        m_cur = mets[i]
+                        cur = cands[i]
+                        used = i + 1
+                        break
+                pos += used
+    return MethodResult(scores, M.bool().cpu() & ctx.allowed.cpu(), ctx.forward_passes,
+                        {"final_metric": m_cur, "candidates": candidates})
+
+
+def _objective(ctx: TransformerPatchContext, name: str):
+    if name not in OBJECTIVES:
+        raise choice_error("EAP objective", name, OBJECTIVES)
+    y = ctx.target
+    if name == "logit-diff":
+        c = y.argmax(-1)
+
+        def obj(out):
+            return (out.gather(-1, c.expand(*out.shape[:-1])[..., None])[..., 0] - out.mean(-1)).mean(-1)
+        return obj
+    with torch.no_grad():
+        e = ctx.forward(ctx.full_mask(False))
+    u = y - e
+    denom = (u ** 2).sum(-1).mean().clamp_min(torch.finfo(u.dtype).tiny)
+
+    def obj(out):
+        return ((out - e) * u).sum(-1).mean(-1) / denom
+    return obj
+
+
+def eap_signed(ctx: TransformerPatchContext, steps: int | None = None, objective: str = "recovered") -> torch.Tensor:
+    """Estimated objective change when each edge alone is removed: <g_k, a_s - h_s> (g: gradient at
+    destination k's input, all edges live; with steps, averaged over embeddings interpolated from the
+    ablated to the clean ones)."""
+    obj = _objective(ctx, objective)
+    g = ctx.graph
+    M = ctx.full_mask().to(ctx.dtype)
+    alphas = [1.0] if steps is None else [(i + 0.5) / steps for i in range(steps)]
+    grads = torch.zeros(g.n_dest, *ctx.h.shape[2:], dtype=ctx.dtype, device=ctx.device)
+    for alpha in alphas:
+        with torch.enable_grad():
+            emb = (ctx.a[:1] + alpha * (ctx.h[:1] - ctx.a[:1])).expand_as(ctx.h[:1]).clone().requires_grad_(True)
+            rec: dict = {}
+            out = ctx.run(M, live=emb, record=rec)
+            obj(out).sum().backward()
+        for dests, x in rec.items():
+            for i, k in enumerate(dests):
+                grads[k] += x.grad[..., i, :].sum(0) / len(alphas)
+    diff = (ctx.a[:, 0] - ctx.h[:, 0]).expand(g.n_src, *ctx.h.shape[2:])  # [n_src, B, T, d]
+    eff = torch.einsum("kbtd,sbtd->ks", grads, diff)
+    return torch.where(ctx.allowed, eff, torch.full_like(eff, float("nan")))
+
+
+def eap(ctx, threshold: float, objective: str = "recovered") -> MethodResult:
+    return MethodResult(eap_signed(ctx, None, objective).abs().cpu(), None, 2,
+                        {"objective": objective, "backward_passes": 1})
+
+
+def eap_ig(ctx, threshold: float, steps: int = 16, objective: str = "recovered") -> MethodResult:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ModcircuitError(f"steps {steps!r} is not allowed; give an integer >= 1")
+    return MethodResult(eap_signed(ctx, steps, objective).abs().cpu(), None, 1 + steps,
+                        {"objective": objective, "steps": steps, "backward_passes": steps})
+
+
+def _write_read(ctx: TransformerPatchContext):
+    """Per source the matrix it writes with ([d, n]); per destination the matrix it reads with, LayerNorm
+    gain folded in ([n, d])."""
+    m, g = ctx.model, ctx.graph
+    H, dh = m.n_heads, m.d_head
+    write = [torch.cat([m.W_E, m.W_pos], 1)]
+    read = []
+    for b in m.blocks:
+        write += [b.W_O[:, h * dh:(h + 1) * dh] for h in range(H)] + [b.W_out]
+    for l, b in enumerate(m.blocks):
+        gain1 = b.ln1.weight if b.ln1 is not None else torch.ones_like(b.b_O)
+        gain2 = b.ln2.weight if b.ln2 is not None else torch.ones_like(b.b_O)
+        for h in range(H):
+            qkv = [W[h * dh:(h + 1) * dh] * gain1 for W in (b.W_Q, b.W_K, b.W_V)]
+            read += qkv if g.split_qkv else [torch.cat(qkv, 0)]
+        read.append(b.W_in * gain2)
+    gain = m.ln_f.weight if m.ln_f is not None else torch.ones_like(m.b_U)
+    read.append(m.W_U * gain)
+    return write, read
+
+
+def magnitude(ctx, threshold: float) -> MethodResult:
+    """|read_k @ write_s|_F: the size of the composed weights between a source and a destination."""
+    write, read = _write_read(ctx)
+    S = torch.full(ctx.allowed.shape, float("nan"), dtype=torch.float64)
+    for k, s, _, _ in ctx.graph.edges():
+        S[k, s] = torch.linalg.matrix_norm(read[k] @ write[s]).item()
+    return MethodResult(S, None, 0, {"norm": "frobenius of read @ write, LayerNorm gain folded in"})
+
+
+def random_scores(ctx, threshold: float, seed: int = 0) -> MethodResult:
+    gen = torch.Generator().manual_seed(int(seed))
+    S = torch.rand(ctx.allowed.shape, generator=gen, dtype=torch.float64)
+    return MethodResult(torch.where(ctx.allowed.cpu(), S, torch.full_like(S, float("nan"))), None, 0, {"seed": seed})
+
+
+def probing(ctx, threshold: float, steps: int = 200, lr: float = 0.1, sparsity: float = 1e-2) -> MethodResult:
+    """Learned sigmoid edge masks: minimise metric(circuit) + sparsity * mean(mask); score = final mask value."""
+    logits = torch.full(ctx.allowed.shape, 3.0, dtype=ctx.dtype, device=ctx.device, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=lr)
+    allowed = ctx.allowed.to(ctx.dtype)
+    for _ in range(int(steps)):
+        with torch.enable_grad():
+            M = torch.sigmoid(logits) * allowed
+            loss = ctx.metric(ctx.forward(M)) + sparsity * M.sum() / allowed.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    S = torch.sigmoid(logits.detach()).cpu().double()
+    return MethodResult(torch.where(ctx.allowed.cpu(), S, torch.full_like(S, float("nan"))), None, ctx.forward_passes,
+                        {"steps": steps, "sparsity": sparsity})
+
+
+METHODS = {
+    "acdc": acdc_fast, "acdc-plain": acdc_plain, "eap": eap, "eap-ig": eap_ig, "magnitude": magnitude,
+    "random": random_scores, "probing": probing,
+}
+
+
+# ---- circuits ------------------------------------------------------------------------------------
+@dataclass
+class TransformerCircuit:
+    """A head-level circuit: scores and mask as one-element lists of [n_dest, n_src] tensors (the
+    contract's "one tensor per edge group"); entries that are not edges have NaN score and False mask."""
+
+    scores: list[torch.Tensor]
+    mask: list[torch.Tensor]
+    method: str
+    threshold: float | None = None
+    metric: str = "kl"
+    ablation: str = "resample"
+    seconds: float = 0.0
+    forward_passes: int = 0
+    graph: TransformerGraph | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_edges(self) -> int:
+        return self.graph.n_edges
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.mask[0].sum())
+
+    def edge_set(self) -> set[tuple[str, str]]:
+        return {(src, dst) for k, s, src, dst in self.graph.edges() if self.mask[0][k, s]}
+
+    def __repr__(self) -> str:
+        return (f"TransformerCircuit(method={self.method!r}, kept {self.n_kept}/{self.n_edges} edges, "
+                f"threshold={self.threshold}, metric={self.metric!r}, {self.seconds:.3g} s)")
+
+    def to_dict(self) -> dict:
+        edges = [{"source": src, "target": dst, "source_index": s, "target_index": k,
+                  "score": _num(self.scores[0][k, s]), "kept": bool(self.mask[0][k, s])}
+                 for k, s, src, dst in self.graph.edges()]
+        return {"format": "modcircuit-circuit", "version": 1, "graph": "transformer", "method": self.method,
+                "threshold": self.threshold, "metric": self.metric, "ablation": self.ablation,
+                "seconds": self.seconds, "forward_passes": self.forward_passes,
+                "n_layers": self.graph.n_layers, "n_heads": self.graph.n_heads, "split_qkv": self.graph.split_qkv,
+                "n_edges": self.n_edges, "n_kept": self.n_kept, "extra": self.extra, "edges": edges}
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.to_dict(), allow_nan=False))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+
+def _num(x):
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def discover_transformer(model, data, corrupt=None, *, method: str = "acdc", threshold: float = 0.01,
+                         metric: str | None = None, ablation: str = "resample", split_qkv: bool = False,
+                         top_k: int | None = None, split: str = "test", n: int | None = None,
+                         seed: int | None = None, **options) -> TransformerCircuit:
+    """`discover` for a GeometricTransformer on the head-level graph (same arguments and conventions)."""
+    from ..tasks.base import Task
+
+    if method not in METHODS:
+        raise choice_error("method", method, METHODS)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
+            or threshold < 0:
+        raise ModcircuitError(f"threshold {threshold!r} is not allowed; give a finite number >= 0")
+    task = data if isinstance(data, Task) else None
+    labels = None
+    if task is not None:
+        clean, corrupt, labels = task.patching_pairs(split, n, seed)
+    elif isinstance(data, (tuple, list)) and corrupt is None:
+        clean, corrupt = data[0], data[1]
+    else:
+        clean = data
+    if metric is None:
+        metric = ("kl" if task.kind == "classification" else "mse") if task is not None else "kl"
+    t0 = time.perf_counter()
+    ctx = TransformerPatchContext(model, clean, corrupt, metric=metric, ablation=ablation, split_qkv=split_qkv,
+                                  labels=labels)
+    res = METHODS[method](ctx, float(threshold), **options)
+    seconds = time.perf_counter() - t0
+    scores = res.scores.detach().cpu().double()
+    if top_k is not None:
+        flat = torch.nan_to_num(scores.flatten(), nan=-float("inf"))
+        keep = torch.zeros(flat.numel(), dtype=torch.bool)
+        keep[torch.argsort(-flat, stable=True)[:top_k]] = True
+        mask = keep.view(scores.shape) & ctx.allowed.cpu()
+    elif res.mask is not None:
+        mask = res.mask.cpu().bool()
+    else:
+        mask = (scores >= threshold) & ctx.allowed.cpu()
+    extra = dict(res.extra, examples=ctx.batch)
+    if task is not None:
+        extra["task"] = task.name
+    return TransformerCircuit([scores], [mask], method, float(threshold), metric, ablation, seconds,
+                              int(res.forward_passes), ctx.graph, extra)
+
+
+@torch.no_grad()
+def circuit_outputs(model, circuit: TransformerCircuit, clean, corrupt=None) -> torch.Tensor:
+    """The circuit's outputs [B, d_out] on clean inputs (ablated values from corrupt, as discovered)."""
+    ctx = TransformerPatchContext(model, clean, corrupt, metric=circuit.metric, ablation=circuit.ablation,
+                                  split_qkv=circuit.graph.split_qkv)
+    return ctx.forward(circuit.mask[0].to(ctx.device))
+
+
+@torch.no_grad()
+def logit_gap(model, circuit: TransformerCircuit, clean, corrupt=None) -> float:
+    """mean |outputs_circuit - outputs_model| at the last position."""
+    ctx = TransformerPatchContext(model, clean, corrupt, metric=circuit.metric, ablation=circuit.ablation,
+                                  split_qkv=circuit.graph.split_qkv)
+    return float((ctx.forward(circuit.mask[0].to(ctx.device)) - ctx.target).abs().mean())

@@ -1,0 +1,159 @@
+"""The head-level transformer graph: patching invariants, fast ACDC == per-edge reference, every method runs."""
+import pytest
+import torch
+
+import modcircuit as mc
+from modcircuit.circuits.transformer_graph import (
+    METHODS, TransformerGraph, TransformerPatchContext, acdc_fast, acdc_plain, circuit_outputs,
+    discover_transformer, eap_signed, logit_gap,
+)
+from modcircuit.errors import ModcircuitError
+from modcircuit.nn.transformer import GeometricTransformer
+from modcircuit.tasks import sequence  # noqa: F401
+
+torch.set_num_threads(1)
+
+
+def tiny(tokens=True, layernorm=True, seed=0):
+    torch.manual_seed(seed)
+    kw = dict(n_layers=2, d_model=16, n_heads=2, d_head=4, d_mlp=16, n_ctx=3, d_out=5, layernorm=layernorm)
+    if tokens:
+        m = GeometricTransformer(d_vocab=7, **kw)
+        x, xc = torch.randint(0, 7, (24, 3)), torch.randint(0, 7, (24, 3))
+    else:
+        m = GeometricTransformer(d_input=2, **kw)
+        x, xc = torch.randn(24, 3, 2), torch.randn(24, 3, 2)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 1:
+                p.add_(0.2 * torch.randn_like(p))
+    return m, x, xc
+
+
+def test_graph_shape():
+    g = TransformerGraph(n_layers=2, n_heads=3, split_qkv=False)
+    # sources: embed + 2 x (3 heads + mlp) = 9; dests: 2 x (3 + 1) + output = 9
+    assert (g.n_src, g.n_dest) == (9, 9)
+    A = g.allowed
+    assert A[g.dest_attn(0, 1)].tolist() == [True] + [False] * 8  # layer-0 heads read the embedding only
+    assert A[g.dest_mlp(0)].sum() == 4  # embed + the 3 heads of layer 0
+    assert A[g.dest_attn(1, 0)].sum() == 5 and A[g.dest_mlp(1)].sum() == 8 and A[g.dest_out].all()
+    assert g.n_edges == 1 + 1 + 1 + 4 + 3 * 5 + 8 + 9
+    gs = TransformerGraph(n_layers=2, n_heads=3, split_qkv=True)
+    assert gs.n_edges == g.n_edges + 2 * (3 * 1 + 3 * 5)
+    assert len(list(gs.acdc_order())) == gs.n_edges == len(list(gs.edges()))
+    assert gs.dest_names()[gs.dest_attn(1, 2, 1)] == "A1.2.k"
+
+
+@pytest.mark.parametrize("split_qkv", [False, True])
+@pytest.mark.parametrize("tokens", [True, False])
+def test_full_circuit_is_the_model_and_empty_circuit_the_corrupted_run(tokens, split_qkv):
+    m, x, xc = tiny(tokens)
+    ctx = TransformerPatchContext(m, x, xc, metric="kl", ablation="resample", split_qkv=split_qkv)
+    full = ctx.forward(ctx.full_mask())
+    assert ctx.metric(full[None]).abs().item() < 1e-6
+    assert (full - ctx.target).abs().max().item() < 1e-9
+    assert (ctx.target.float() - m(x)).abs().max().item() < 1e-5  # the float64 copy is the model
+    empty = ctx.forward(ctx.full_mask(False))
+    assert (empty - ctx.model(xc)).abs().max().item() < 1e-9
+    assert (empty.float() - m(xc)).abs().max().item() < 1e-5
+    # one edge removed changes something (the masks are really used)
+    M = ctx.full_mask().double()
+    M[ctx.graph.dest_out, 0] = 0
+    assert (ctx.forward(M) - full).abs().max().item() > 1e-4
+
+
+def test_zero_and_mean_ablation_empty_circuits():
+    m, x, _ = tiny()
+    ctx = TransformerPatchContext(m, x, ablation="zero")
+    # with zero ablation the empty circuit's output reads only the attention biases b_O
+    const = sum(b.b_O for b in ctx.model.blocks)
+    expected = ctx.model.unembed(const.expand(1, 3, -1))[:, -1]
+    assert (ctx.forward(ctx.full_mask(False)) - expected).abs().max().item() < 1e-9
+    assert (ctx.forward(ctx.full_mask()) - ctx.target).abs().max().item() < 1e-9
+    mctx = TransformerPatchContext(m, x, ablation="mean")
+    h = mctx.h[:, 0]  # [n_src, B, T, d]
+    expected = mctx.model.unembed(h.mean(1).sum(0, keepdim=True) + const)[:, -1]
+    assert (mctx.forward(mctx.full_mask(False)) - expected).abs().max().item() < 1e-9
+
+
+@pytest.mark.parametrize("split_qkv", [False, True])
+def test_fast_acdc_equals_per_edge_reference(split_qkv):
+    m, x, xc = tiny(seed=1)
+    thr = 0.02
+    ref = acdc_plain(TransformerPatchContext(m, x, xc, split_qkv=split_qkv), thr)
+    fast = acdc_fast(TransformerPatchContext(m, x, xc, split_qkv=split_qkv), thr)
+    n = int(TransformerGraph.of(m, split_qkv).allowed.sum())
+    assert 0 < int(ref.mask.sum()) < n  # the threshold makes real decisions both ways
+    assert torch.equal(ref.mask, fast.mask)
+    both = ~torch.isnan(ref.scores)
+    assert torch.equal(both, ~torch.isnan(fast.scores))
+    assert torch.allclose(ref.scores[both], fast.scores[both], atol=1e-10, rtol=0)
+    assert fast.forward_passes < ref.forward_passes
+    assert abs(ref.extra["final_metric"] - fast.extra["final_metric"]) < 1e-10
+
+
+def test_acdc_threshold_zero_keeps_everything_that_matters_and_circuit_is_faithful():
+    m, x, xc = tiny(seed=2)
+    c = discover_transformer(m, x, xc, method="acdc", threshold=0.0)
+    # threshold 0 only removes edges whose removal does not worsen the metric: the circuit stays at least
+    # as close to the model as the full circuit's 0
+    assert c.extra["final_metric"] <= 1e-12 or c.n_kept == c.n_edges
+    big = discover_transformer(m, x, xc, method="acdc", threshold=1e9)
+    assert big.n_kept == 0
+    out = circuit_outputs(m, big, x, xc)
+    assert (out - TransformerPatchContext(m, x, xc).model(xc)).abs().max().item() < 1e-9
+    assert logit_gap(m, c, x, xc) <= logit_gap(m, big, x, xc)
+
+
+def test_eap_is_exact_for_edges_into_a_linear_readout():
+    # without LayerNorm the output is linear in the final residual stream, and so is the "recovered"
+    # objective: EAP's first-order estimate of removing an edge into the output is the exact change
+    m, x, xc = tiny(layernorm=False, seed=3)
+    ctx = TransformerPatchContext(m, x, xc, metric="mse")
+    est = eap_signed(ctx)
+    from modcircuit.circuits.transformer_graph import _objective
+
+    obj = _objective(ctx, "recovered")
+    full = obj(ctx.forward(ctx.full_mask())).item()
+    k = ctx.graph.dest_out
+    for s in range(ctx.graph.n_src):
+        M = ctx.full_mask().double()
+        M[k, s] = 0
+        exact = obj(ctx.forward(M)).item() - full
+        assert abs(est[k, s].item() - exact) < 1e-9
+    # and an edge into a nonlinear receiver is only approximated (the test can tell the two apart)
+    k = ctx.graph.dest_mlp(1)
+    M = ctx.full_mask().double()
+    M[k, 0] = 0
+    assert abs(est[k, 0].item() - (obj(ctx.forward(M)).item() - full)) > 1e-9
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_on_a_task(method):
+    task = mc.get_task("modular-addition-transformer", seed=0, p=5, d_model=16, n_heads=2, d_head=4, d_mlp=16)
+    model = task.build_model()
+    opts = {"probing": {"steps": 5}, "eap-ig": {"steps": 3}}.get(method, {})
+    c = discover_transformer(model, task, method=method, threshold=0.01, n=16, **opts)
+    S = c.scores[0]
+    allowed = c.graph.allowed
+    assert torch.isfinite(S[allowed]).all() and torch.isnan(S[~allowed]).all()
+    assert not (c.mask[0] & ~allowed).any()
+    d = c.to_dict()
+    assert len(d["edges"]) == c.n_edges and d["n_kept"] == c.n_kept
+    top = discover_transformer(model, task, method=method, top_k=3, n=16, **opts)
+    assert top.n_kept == 3
+
+
+def test_bad_arguments():
+    m, x, xc = tiny()
+    with pytest.raises(ModcircuitError, match="method"):
+        discover_transformer(m, x, xc, method="nope")
+    with pytest.raises(ModcircuitError, match="threshold"):
+        discover_transformer(m, x, xc, threshold=-1.0)
+    with pytest.raises(ModcircuitError, match="corrupt"):
+        TransformerPatchContext(m, x)
+    with pytest.raises(ModcircuitError, match="shape"):
+        TransformerPatchContext(m, x, xc[:3])
+    with pytest.raises(ModcircuitError, match="ablation"):
+        TransformerPatchContext(m, x, xc, ablation="noise")
