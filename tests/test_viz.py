@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -197,7 +198,11 @@ def test_draw_accepts_a_run_and_titles_it():
 def test_each_format_writes_a_valid_file(tmp_path):
     m = small_model()
     fig = draw(m, random_circuit(m))
-    png = save_figure(fig, tmp_path / "net.png").read_bytes()
+    png_path = save_figure(fig, tmp_path / "net.png")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert png_path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    png = png_path.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     root = ET.parse(save_figure(fig, tmp_path / "net.svg")).getroot()
     assert root.tag.endswith("svg")
@@ -254,6 +259,7 @@ def test_animation_has_one_frame_per_callback(tmp_path):
     rec = Recorder(task, every=20)
     mc.train(task, regime="bimt", seed=0, steps=60, callback=rec, callback_every=rec.every)
     assert rec.steps == [1, 20, 40, 60]
+    assert "step 40" in rec.titles[2] and "loss" in rec.titles[2] and "cost" in rec.titles[2]
     path = rec.save(tmp_path / "moons.gif")
     with Image.open(path) as gif:
         assert gif.format == "GIF" and gif.n_frames == 4

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..errors import ModcircuitError
 from .network import draw
-from .save import write_bytes_atomic
+from .save import publish, write_bytes_atomic
 
 ANIMATION_FORMATS = (".gif", ".mp4")
 
@@ -43,7 +43,7 @@ def animation_path(path) -> Path:
 class Recorder:
     """A training callback that draws the network every `every` steps; `save(path)` writes the animation."""
 
-    def __init__(self, task=None, every: int = 100, *, threshold: float = 0.05, dpi: int = 72,
+    def __init__(self, task=None, every: int = 100, *, threshold: float = 0.05, dpi: int = 80,
                  figsize: tuple[float, float] | None = None, title: str | None = None):
         if int(every) < 1:
             raise ModcircuitError(f"animation interval every={every!r} is not valid; allowed: an integer >= 1")
@@ -55,6 +55,7 @@ class Recorder:
         self.title = title if title is not None else getattr(task, "name", None)
         self.frames: list[Image.Image] = []
         self.steps: list[int] = []
+        self.titles: list[str] = []  # the text each frame shows
         self.path: Path | None = None
 
     @classmethod
@@ -65,18 +66,20 @@ class Recorder:
         return rec
 
     def __call__(self, step: int, model, info: dict) -> None:
-        fig = draw(model, task=self.task, threshold=self.threshold, title=self.title, figsize=self.figsize)
         parts = [f"step {step + 1}"]
         for key in ("loss", "cost"):
             if key in info:
                 parts.append(f"{key} {info[key]:.4g}")
-        fig.text(0.02, 0.98, "   ".join(parts), ha="left", va="top", fontsize=10, family="monospace")
+        status = "   ".join(parts)
+        title = f"{self.title}\n{status}" if self.title else status
+        fig = draw(model, task=self.task, threshold=self.threshold, title=title, figsize=self.figsize)
         fig.set_dpi(self.dpi)
         canvas = FigureCanvasAgg(fig)
         canvas.draw()
         rgba = np.asarray(canvas.buffer_rgba())
         self.frames.append(Image.fromarray(rgba[..., :3].copy()))
         self.steps.append(step + 1)
+        self.titles.append(title)
 
     def save(self, path=None, fps: float = 4.0) -> Path:
         """Write the frames as a GIF (default) or MP4 (needs ffmpeg); returns the path written.
@@ -114,7 +117,7 @@ class Recorder:
             proc = subprocess.run(cmd, input=data, capture_output=True)
             if proc.returncode != 0:
                 raise ModcircuitError(f"ffmpeg failed writing {str(path)!r}: {proc.stderr.decode()[-300:].strip()}")
-            tmp.replace(path)
+            publish(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         return path

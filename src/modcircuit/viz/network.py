@@ -65,7 +65,8 @@ def draw(
     """
     model, task, title = unpack_run(model, task, title)
     scene = build_scene(model, circuit, threshold=threshold, relative=relative, task=task)
-    if ax is None:
+    own_figure = ax is None
+    if own_figure:
         n_layers = len(scene.positions)
         fig = Figure(figsize=figsize or (8.0, 1.3 + 1.5 * n_layers))
         ax = fig.add_subplot(1, 1, 1)
@@ -85,6 +86,9 @@ def draw(
         fig.colorbar(sm, ax=ax, fraction=0.03, pad=0.01, label="circuit edge score")
     if title:
         ax.set_title(title)
+        if own_figure:  # leave room for every line of the title
+            height = fig.get_size_inches()[1]
+            fig.subplots_adjust(top=1.0 - (0.2 + 0.25 * (str(title).count("\n") + 1)) / height)
     return fig
 
 
