@@ -89,8 +89,8 @@ def test_fast_acdc_counts_fewer_passes_than_edges():
     model = random_mlp([8, 16, 16, 4], seed=0)
     clean, corrupt = pairs(8, n=32, seed=1)
     c = discover(model, clean, corrupt, method="acdc", threshold=1e-3)
-    assert c.forward_passes < c.n_edges / 4
-    assert c.extra["candidates"] >= c.n_edges - c.n_kept - 1 or c.extra["candidates"] > 0
+    assert 0 < c.n_kept < c.n_edges
+    assert c.forward_passes < c.n_edges / 2  # batched passes, not one forward per edge
 
 
 @pytest.mark.parametrize("name", ["planted", "planted-distractor"])

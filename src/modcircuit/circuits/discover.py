@@ -42,11 +42,11 @@ def resolve_data(model, data, corrupt=None, labels=None, *, split: str = "test",
 
 def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: float = 0.01, metric: str | None = None,
              ablation: str = "resample", labels=None, top_k: int | None = None, split: str = "test",
-             n: int | None = None, seed: int | None = None, progress=None, **options) -> Circuit:
+             examples: int | None = None, data_seed: int | None = None, progress=None, **options) -> Circuit:
     """Find the circuit of `model` on clean inputs (vs corrupt ones for resample ablation).
 
         discover(model, clean, corrupt, method="acdc", threshold=0.01, metric="kl", ablation="resample")
-        discover(model, task, method="eap")   # clean/corrupt from task.patching_pairs(split, n, seed)
+        discover(model, task, method="eap")   # clean/corrupt from task.patching_pairs(split, examples, data_seed)
 
     metric: "kl" (KL(model || circuit), batchmean) or "mse" (to the model's outputs); default: the task's
     (kl for classification, mse for regression), "kl" for raw data. Score-only methods keep the edges whose
@@ -55,7 +55,7 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     model = as_mlp(model)
     fn = get_method(method)
     threshold = check_threshold(threshold)
-    clean, corrupt, labels, task = resolve_data(model, data, corrupt, labels, split=split, n=n, seed=seed)
+    clean, corrupt, labels, task = resolve_data(model, data, corrupt, labels, split=split, n=examples, seed=data_seed)
     if metric is None:
         metric = task_metric(task) if task is not None else "kl"
     check_choice(metric, ablation)

@@ -32,10 +32,10 @@ from .patching import PatchContext, divergence
 
 
 def evaluate(model, circuit: Circuit, task_or_data, *, curve_points: int = 12, split: str = "test",
-             n: int | None = None, seed: int | None = None) -> dict:
+             examples: int | None = None, data_seed: int | None = None) -> dict:
     model = as_mlp(model)
     circuit.check_model(model)
-    clean, corrupt, labels, task = resolve_data(model, task_or_data, split=split, n=n, seed=seed)
+    clean, corrupt, labels, task = resolve_data(model, task_or_data, split=split, n=examples, seed=data_seed)
     ctx = PatchContext(model, clean, corrupt, metric=circuit.metric, ablation=circuit.ablation, labels=labels,
                        means=circuit.means)
     with torch.no_grad():

@@ -319,13 +319,35 @@ class MethodResult:
     extra: dict = field(default_factory=dict)
 
 
-def acdc_plain(ctx: TransformerPatchContext, threshold: float) -> MethodResult:
+def _order(ctx: TransformerPatchContext, order) -> list[tuple[int, int]]:
+    """ACDC's edge order: the graph's default, or a given list of (dest, source) indices, which must list
+    every edge once with receivers in reverse topological order at the level of layers (the output, then per
+    layer from the last its MLP before its attention inputs; within that, any order, as auto-circuit does)."""
+    g = ctx.graph
+    if order is None:
+        return list(g.acdc_order())
+    order = [(int(k), int(s)) for k, s in order]
+    if sorted(order) != sorted(g.acdc_order()):
+        raise ModcircuitError("an ACDC order must list every edge of the graph exactly once")
+
+    def rank(k):
+        l = g.dest_layer(k)
+        return 2 * l + (1 if k == g.dest_out or k == g.dest_mlp(l) else 0)
+    ranks = [rank(k) for k, _ in order]
+    if any(b > a for a, b in zip(ranks, ranks[1:])):
+        raise ModcircuitError("an ACDC order must visit receivers from the output back to the inputs "
+                              "(per layer: the MLP before the attention inputs)")
+    return order
+
+
+def acdc_plain(ctx: TransformerPatchContext, threshold: float, order=None) -> MethodResult:
     """Reference ACDC: one full masked forward pass per edge."""
     M = ctx.full_mask().to(ctx.dtype)
     scores = torch.full(M.shape, float("nan"), dtype=torch.float64)
+    edges = _order(ctx, order)
     with torch.no_grad():
         m_cur = ctx.metric(ctx.forward(M)).item()
-        for k, s in ctx.graph.acdc_order():
+        for k, s in edges:
             M[k, s] = 0.0
             m_new = ctx.metric(ctx.forward(M)).item()
             scores[k, s] = m_new - m_cur
@@ -336,28 +358,29 @@ def acdc_plain(ctx: TransformerPatchContext, threshold: float) -> MethodResult:
     return MethodResult(scores, M.bool().cpu() & ctx.allowed.cpu(), ctx.forward_passes, {"final_metric": m_cur})
 
 
-def acdc_fast(ctx: TransformerPatchContext, threshold: float, max_candidates: int = 256) -> MethodResult:
+def acdc_fast(ctx: TransformerPatchContext, threshold: float, max_candidates: int = 256, order=None) -> MethodResult:
     """ACDC with the receiver's upstream cached and its candidates batched (same result as acdc_plain)."""
     g = ctx.graph
     M = ctx.full_mask().to(ctx.dtype)
     scores = torch.full(M.shape, float("nan"), dtype=torch.float64)
     thr = float(threshold)
     candidates = 0
-    order: dict[int, list[int]] = {}
-    for k, s in g.acdc_order():
-        order.setdefault(k, []).append(s)
+    runs: list[tuple[int, list[int]]] = []  # consecutive edges with the same receiver
+    for k, s in _order(ctx, order):
+        if runs and runs[-1][0] == k:
+            runs[-1][1].append(s)
+        else:
+            runs.append((k, [s]))
     with torch.no_grad():
         m_cur = ctx.metric(ctx.forward(M)).item()
-        for r, srcs in order.items():
+        for r, srcs in runs:
             l = g.dest_layer(r)
             n = g.dest_n_src(r)
-            diff = ctx.h[:n, 0] - ctx.a[:n, 0]  # [n, B|1, T, d] -> broadcast below
-            diff = diff.expand(n, *ctx.h.shape[2:])
-            cur = ctx.inputs(M, ctx.h[:n], [r])[0, ..., 0, :]  # [B, T, d]: clean sources, current row
-            zero = [bool((diff[s] == 0).all()) for s in range(n)]
+            diff = (ctx.h[:n, 0] - ctx.a[:n, 0]).expand(n, *ctx.h.shape[2:])  # [n, B, T, d]
+            cur = ctx.inputs(M, ctx.h[:n], [r])[0, ..., 0, :]  # [B, T, d]: clean sources, current row of r
             pending = []
             for s in srcs:
-                if zero[s]:  # removing it changes nothing: score exactly 0
+                if bool((diff[s] == 0).all()):  # removing it changes nothing: score exactly 0
                     scores[r, s] = 0.0
                     if 0.0 < thr:
                         M[r, s] = 0.0
@@ -367,14 +390,13 @@ def acdc_fast(ctx: TransformerPatchContext, threshold: float, max_candidates: in
             while pos < len(pending):
                 chunk = pending[pos: pos + max_candidates]
                 cands = cur[None] - diff[chunk]  # [K, B, T, d]
-                start = min(l, g.n_layers)
-                mets = ctx.metric(ctx.run(M, start=start, override=(r, cands))).tolist()
+                mets = ctx.metric(ctx.run(M, start=l, override=(r, cands))).tolist()
                 candidates += len(chunk)
                 used = len(chunk)
                 for i, s in enumerate(chunk):
                     sc = mets[i] - m_cur
                     scores[r, s] = sc
-                    if sc < thr:
+                    if sc < thr:  # removed for good: the rest of the receiver's edges start from here
                         M[r, s] = 0.0
                         m_cur = mets[i]
                         cur = cands[i]

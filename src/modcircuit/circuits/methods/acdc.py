@@ -28,7 +28,8 @@ import torch
 
 from . import MethodResult, register_method
 
-MAX_ELEMENTS = 1 << 22  # per batched evaluation: candidates x examples x widest downstream layer
+SWITCH = 2  # wrong "removed" guesses in one receiver before its edges' individual effects are measured
+MAX_ELEMENTS = 1 << 17  # per evaluation chunk (candidates x examples x widest layer): small enough to stay in cache
 
 
 @register_method("acdc-plain", "ACDC reference: one full masked forward per edge (slow, for checks)")
@@ -77,6 +78,9 @@ class _FastACDC:
 
     def run(self) -> MethodResult:
         ctx = self.ctx
+        logp = torch.log_softmax(ctx.target, -1)
+        self.p, self.neg_entropy = logp.exp(), (logp.exp() * logp).sum(-1)
+        self.shift = ctx.target.amax(-1, keepdim=True)  # logsumexp shift (checked for overflow)
         with torch.no_grad():
             self.m = ctx.metric(ctx.forward(ctx.full_masks())).item()
             self.passes += 1
@@ -88,11 +92,26 @@ class _FastACDC:
         )
 
     # ---- downstream of a receiver ------------------------------------------------------------------
+    def _prepare_downstream(self, l: int):
+        """While linear l is processed, linears l+1.. are fixed: keep only the neurons that still reach the
+        output (a neuron with no kept outgoing edge adds exactly nothing downstream) and fold constants."""
+        L = self.L
+        alive = {L: torch.ones(self.W[L - 1].shape[0], dtype=torch.bool, device=self.ctx.device)}
+        for k in range(L - 1, l + 1, -1):
+            alive[k] = (self.weff[k][alive[k + 1]] != 0).any(0)
+        self.alive = alive
+        # tail layers k >= l+2: z_{k+1} = h_k @ Wk.T + Ck, restricted to alive neurons
+        self.tail = {}
+        for k in range(l + 2, L):
+            w = self.weff[k][alive[k + 1]][:, alive[k]]
+            c = (self.C[k] - self.a[k] @ self.weff[k].T)[:, alive[k + 1]]
+            self.tail[k] = (w.T.contiguous(), c)
+
     def _tail(self, k: int, z: torch.Tensor) -> torch.Tensor:
-        """From pre-activations z of neuron layer k through the (fixed) circuit to the output positions."""
+        """From (alive) pre-activations of neuron layer k through the fixed circuit to the output positions."""
         while k < self.L:
-            h = self.ctx.model.act(k, z)
-            z = self.C[k] + (h - self.a[k]) @ self.weff[k].T
+            wt, c = self.tail[k]
+            z = torch.matmul(self.ctx.model.act(k, z), wt).add_(c)
             k += 1
         return z
 
@@ -104,34 +123,55 @@ class _FastACDC:
             def ev(c):
                 out = z.expand(c.shape[0], *z.shape).clone()
                 out[:, :, j] = c
-                return ctx.metric(out)
-            width = z.shape[1]
-        else:
-            col = self.weff[l + 1][:, j]
-            if not bool((col != 0).any()):
-                return None, 0
-            hn = ctx.model.act(l + 1, z)
-            zb = self.C[l + 1] + (hn - self.a[l + 1]) @ self.weff[l + 1].T
-            hj = hn[:, j]
+                return self.metric(out)
+            return ev, z.shape[1]
+        rows = self.alive[l + 2]
+        col = self.weff[l + 1][rows, j]
+        if not bool((col != 0).any()):
+            return None, 0
+        hn = ctx.model.act(l + 1, z)
+        zb = (self.C[l + 1] + (hn - self.a[l + 1]) @ self.weff[l + 1].T)[:, rows]
+        hj = hn[:, j]
+        if l + 2 == L and self.ctx.metric_name == "mse":
+            # out = zb + dh * col: mean((r + dh col)^2) = mean_b(|r_b|^2 + 2 dh_b r_b.col + dh_b^2 |col|^2) / n_out
+            r = zb - self.ctx.target
+            rr, rc, cc = (r * r).sum(-1), r @ col, col @ col
+            n_out = zb.shape[1]
 
             def ev(c):
                 dh = ctx.model.act(l + 1, c) - hj
-                return ctx.metric(self._tail(l + 2, zb + dh[..., None] * col))
-            width = max(self.ctx.model.widths[l + 2:])
-        return ev, width
+                return (rr + dh * (2 * rc + dh * cc)).mean(-1) / n_out
+            return ev, 1
 
-    def _evaluate(self, ev, width, cands):
-        B = cands.shape[1]
-        step = max(1, MAX_ELEMENTS // (B * width))
+        def ev(c):
+            dh = ctx.model.act(l + 1, c) - hj
+            return self.metric(self._tail(l + 2, torch.addcmul(zb, dh[..., None], col)))
+        return ev, max(int(rows.sum()), 1)
+
+    def metric(self, out: torch.Tensor) -> torch.Tensor:
+        """The context's metric for candidate outputs [K, B, n_out] (KL in a cheaper, equal form)."""
+        if self.ctx.metric_name != "kl":
+            return self.ctx.metric(out)
+        # KL(p || softmax(out)) = sum p log p + logsumexp(out) - p . out
+        lse = (out - self.shift).exp_().sum(-1).log_().add_(self.shift[..., 0])
+        if not bool(torch.isfinite(lse).all()):
+            lse = torch.logsumexp(out, -1)
+        return (self.neg_entropy + lse - (out * self.p).sum(-1)).mean(-1)
+
+    def _chunks(self, ev, width, cands):
+        """Evaluate candidates chunk by chunk (small enough to stay in cache), lazily."""
+        step = max(1, MAX_ELEMENTS // (cands.shape[1] * width))
         self.passes += 1
-        self.candidates += cands.shape[0]
-        return torch.cat([ev(cands[s:s + step]) for s in range(0, cands.shape[0], step)]).tolist()
+        for s in range(0, cands.shape[0], step):
+            self.candidates += min(step, cands.shape[0] - s)
+            yield s, ev(cands[s:s + step]).tolist()
 
     # ---- one layer of receivers --------------------------------------------------------------------
     def _layer(self, l: int):
         D = self.h[l] - self.a[l]  # [B, n_in]; removing edge (j, i) subtracts W_ji * D[:, i] from z_j
         z = self.C[l] + D @ self.weff[l].T  # current pre-activations (linear l is still complete)
         n_out, n_in = self.W[l].shape
+        self._prepare_downstream(l)
         for j in range(n_out):
             ev, width = self._evaluator(l, j, z)
             d = D * self.W[l][j]
@@ -145,46 +185,57 @@ class _FastACDC:
                 self.progress(self.done, self.ctx.graph.n_edges)
 
     def _receiver(self, l, j, d, zero, zj, ev, width):
+        """Decide the receiver's incoming edges in order. Each pass evaluates a chain of candidates built
+        on guessed outcomes of the earlier edges (first: every edge removed; after SWITCH wrong guesses:
+        each edge's individual effect from a full pass) and stops at the first wrong guess."""
         thr = self.thr
-        keep, scores = self.keep[l][j], self.scores[l][j]
-        keep[zero] = not (0.0 < thr)  # exactly no effect: score 0
-        pend = torch.nonzero(~zero).flatten()
-        n = len(pend)
+        self.keep[l][j][zero] = not (0.0 < thr)  # exactly no effect: score 0
+        pend_t = torch.nonzero(~zero).flatten()
+        n = len(pend_t)
         if n == 0:
             return zj
-        dk_all = d[:, pend].T.contiguous()  # [n, B]
-        pend = pend.tolist()
-        guess = None
-        pos, window = 0, n
+        dk_all = d[:, pend_t].T.contiguous()  # [n, B]
+        scores, keep = [0.0] * n, [True] * n
+        guess = [True] * n
+        pos, wrong, predicted = 0, 0, False
         while pos < n:
-            K = n if guess is None else min(window, n - pos)
-            dk = dk_all[pos:pos + K]
-            if guess is None:
-                cands = zj - dk  # individual effects from the current state
-                g = [False] * K
+            individual = wrong >= SWITCH and not predicted
+            dk = dk_all[pos:]
+            if individual:  # every candidate from the current state: a chain that guesses "kept"
+                g = [False] * (n - pos)
+                cands = zj - dk
             else:
-                g = guess[pos:pos + K]
+                g = guess[pos:]
                 gd = dk * torch.tensor(g, dtype=dk.dtype, device=dk.device)[:, None]
                 cands = zj - (torch.cumsum(gd, 0) - gd) - dk
-            mets = self._evaluate(ev, width, cands)
-            m0 = self.m
-            used = K
-            for k in range(K):
-                i = pend[pos + k]
-                s = mets[k] - self.m
-                scores[i] = s
-                removed = s < thr
-                keep[i] = not removed
-                if removed:
-                    self.m = mets[k]
-                    zj = cands[k]
-                if removed != g[k]:
-                    used = k + 1
+            m0, used, all_mets = self.m, None, []
+            for s, mets in self._chunks(ev, width, cands):
+                if individual:
+                    all_mets += mets
+                if used is not None:
+                    continue  # (individual pass: finish it for the predictions)
+                for k, mk in enumerate(mets, s):
+                    sc = mk - self.m
+                    scores[pos + k] = sc
+                    removed = sc < thr
+                    keep[pos + k] = not removed
+                    if removed:
+                        self.m = mk
+                        zj = cands[k]
+                    if removed != g[k]:
+                        used = k + 1
+                        break
+                if used is not None and not individual:
                     break
-            if guess is None:
-                guess = [False] * pos + [mk - m0 < thr for mk in mets]
-                window = 32
+            if individual:
+                guess[pos:] = [mk - m0 < thr for mk in all_mets]
+                predicted = True
+            if used is None:
+                used = n - pos
             else:
-                window = 2 * window if used == K else max(8, 2 * used)
+                wrong += 1
             pos += used
+        dev = self.scores[l].device
+        self.scores[l][j][pend_t] = torch.tensor(scores, dtype=torch.float64, device=dev)
+        self.keep[l][j][pend_t] = torch.tensor(keep, dtype=torch.bool, device=dev)
         return zj

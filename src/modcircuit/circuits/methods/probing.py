@@ -35,7 +35,7 @@ def probing(ctx, threshold: float, steps: int = 300, lr: float = 0.1, init: floa
             loss = fit + threshold * size
             loss.backward()
             opt.step()
-            history.append(float(fit))
+            history.append(fit.item())
     scores = [torch.sigmoid(t.detach()).cpu() for t in thetas]
     return MethodResult(scores=scores, mask=[s > 0.5 for s in scores], forward_passes=steps,
                         extra={"steps": steps, "lr": lr, "final_fit": history[-1]})
