@@ -157,3 +157,27 @@ def test_bad_arguments():
         TransformerPatchContext(m, x, xc[:3])
     with pytest.raises(ModcircuitError, match="ablation"):
         TransformerPatchContext(m, x, xc, ablation="noise")
+
+
+def test_fast_acdc_with_an_interleaved_order_equals_reference():
+    # auto-circuit's order only sorts receivers by layer: edges of different receivers of a layer interleave
+    m, x, xc = tiny(seed=1)
+    g = TransformerGraph.of(m, split_qkv=True)
+
+    def rank(k):
+        l = g.dest_layer(k)
+        return 2 * l + (1 if k == g.dest_out or k == g.dest_mlp(l) else 0)
+    gen = torch.Generator().manual_seed(0)
+    edges = list(g.acdc_order())
+    shuffled = [edges[i] for i in torch.randperm(len(edges), generator=gen).tolist()]
+    order = sorted(shuffled, key=lambda e: -rank(e[0]))  # stable: shuffled within a layer
+    assert order != edges
+    ref = acdc_plain(TransformerPatchContext(m, x, xc, split_qkv=True), 0.02, order=order)
+    fast = acdc_fast(TransformerPatchContext(m, x, xc, split_qkv=True), 0.02, order=order)
+    assert torch.equal(ref.mask, fast.mask)
+    both = ~torch.isnan(ref.scores)
+    assert torch.allclose(ref.scores[both], fast.scores[both], atol=1e-10, rtol=0)
+    with pytest.raises(ModcircuitError, match="output back"):
+        acdc_fast(TransformerPatchContext(m, x, xc, split_qkv=True), 0.02, order=list(reversed(edges)))
+    with pytest.raises(ModcircuitError, match="exactly once"):
+        acdc_fast(TransformerPatchContext(m, x, xc, split_qkv=True), 0.02, order=edges[1:])

@@ -217,6 +217,7 @@ class TransformerPatchContext:
                 if means is None:
                     means = self.h.mean(2, keepdim=True)
                 self.a = means.to(self.device, dtype).reshape(g.n_src, 1, 1, *self.h.shape[3:])
+            self._prepare()
         self.forward_passes = 0
 
     @property
@@ -246,37 +247,76 @@ class TransformerPatchContext:
             resid = resid + mo
         return torch.stack(outs)[:, None], m.unembed(resid)[:, -1]
 
-    def inputs(self, M: torch.Tensor, live: torch.Tensor, dests) -> torch.Tensor:
-        """Inputs of destinations `dests` (a list, all fed by the same prefix of n sources = len(live)):
-        [K, B, T, len(dests), d]."""
-        n = live.shape[0]
-        Md = M[dests][:, :n].to(self.dtype)  # [k, n]
-        a = self.a[:n]
-        A = self.allowed[dests][:, :n].to(self.dtype)
-        base = torch.einsum("ks,sKbtd->Kbtkd", A, a) + self.const[dests]
-        return base + torch.einsum("ks,sKbtd->Kbtkd", Md, live - a)
+    def _prepare(self) -> None:
+        """D = h - a per source; base_k = const_k + sum of the ablated values of k's sources."""
+        g = self.graph
+        self.D = self.h - self.a
+        A = self.allowed.to(self.dtype)
+        base = torch.einsum("ks,sKbtd->kKbtd", A, self.a.expand(-1, -1, -1, self.h.shape[3], -1))
+        self.base = base + self.const[:, None, None, None, :]  # [n_dest, 1, B|1, T, d]
+        self._cache: dict = {}
 
-    def run(self, M: torch.Tensor, start: int = 0, live: torch.Tensor | None = None,
+    def inputs(self, M: torch.Tensor, dests: list[int], prefix: torch.Tensor | None = None,
+               new: list[torch.Tensor] = (), last_only: bool = False) -> torch.Tensor:
+        """Inputs [K, B, T, len(dests), d] of destinations `dests` (all fed by the same sources): base +
+        sum_s M[k, s] (live_s - a_s), the differences given as a stacked prefix [n0, K|1, B, T, d] (default:
+        the clean ones, whose part is cached per mask row) and a list of later ones. last_only: only the
+        last position (T = 1)."""
+        clean = prefix is None
+        prefix = self.D if prefix is None else prefix
+        n = self.graph.dest_n_src(dests[0])
+        n0 = min(len(prefix), n)
+        Md = M[dests].to(self.dtype)
+        t = slice(-1, None) if last_only else slice(None)
+        key = (tuple(dests), n0, last_only, Md[:, :n0].cpu().numpy().tobytes()) if clean else None
+        x = self._cache.get(key) if clean else None
+        if x is None:
+            x = self.base[dests][:, :, :, t].permute(1, 2, 3, 0, 4) + torch.einsum(
+                "ks,sKbtd->Kbtkd", Md[:, :n0], prefix[:n0, :, :, t])
+            if clean and not x.requires_grad:
+                if len(self._cache) > 4096:
+                    self._cache.clear()
+                self._cache[key] = x
+        if n > n0:
+            later = torch.stack(torch.broadcast_tensors(*[v[:, :, t] for v in new[: n - n0]]))
+            x = x + torch.einsum("ks,sKbtd->Kbtkd", Md[:, n0:n], later)
+        return x
+
+    def _one_head(self, b, h: int, x: torch.Tensor) -> torch.Tensor:
+        """Result [K, B, T, d] of head h of block b from its inputs x [K, B, T, nq, d] (q, k, v or one)."""
+        K, B, T = x.shape[:3]
+        dh = b.d_head
+        sl = slice(h * dh, (h + 1) * dh)
+        x = b.norm1(x.reshape(K * B, T, x.shape[3], -1))
+        qi, ki, vi = (x[:, :, 0], x[:, :, 1], x[:, :, 2]) if x.shape[2] == 3 else (x[:, :, 0],) * 3
+        q = qi @ b.W_Q[sl].T + b.b_Q[sl]
+        k = ki @ b.W_K[sl].T + b.b_K[sl]
+        v = vi @ b.W_V[sl].T + b.b_V[sl]
+        scores = q @ k.transpose(1, 2) / math.sqrt(dh)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        pattern = scores.masked_fill(causal, float("-inf")).softmax(-1)
+        return ((pattern @ v) @ b.W_O[:, sl].T).reshape(K, B, T, -1)
+
+    def run(self, M: torch.Tensor, start: int = 0, prefix: torch.Tensor | None = None,
             override: tuple[int, torch.Tensor] | None = None, record: dict | None = None) -> torch.Tensor:
-        """The circuit M's output [K, B, d_out] at the last position, from layer `start` on.
+        """The circuit M's output [K, B, d_out] at the last position, computed from layer `start` on.
 
-        live: the sources written before layer `start` ([n_src_before(start), K, B, T, d]); default the
-        clean ones (right when every destination before layer `start` is complete). override=(k, x)
-        replaces destination k's input by x [K, B, T, d]. record: filled with every destination's input
-        (for gradients)."""
+        prefix: live - ablated of the sources written before layer `start` ([n0, K|1, B, T, d]); default
+        the clean ones (right when every destination read before layer `start` is complete).
+        override=(k, x) replaces destination k's input by x [K, B, T, d] (only head k's or the MLP's output
+        is then recomputed per candidate). record: filled with every destination group's input (gradients)."""
         self.forward_passes += 1
         g, m = self.graph, self.model
-        H = g.n_heads
-        if live is None:
-            live = self.h[: g.n_src_before(start)] if start < g.n_layers else self.h
-        srcs = list(live.unbind(0))
+        H, nq = g.n_heads, g.nq
+        r, cands = override if override is not None else (None, None)
+        if prefix is not None:
+            pass
+        elif start < g.n_layers:
+            prefix = self.D[: g.n_src_before(start)]
+        new: list[torch.Tensor] = []
 
-        def get(dests):
-            x = self.inputs(M, torch.stack(torch.broadcast_tensors(*srcs)), dests)
-            if override is not None and override[0] in dests:
-                i, v = dests.index(override[0]), override[1]
-                x = x.expand(max(x.shape[0], v.shape[0]), *x.shape[1:]).clone()
-                x[..., i, :] = v
+        def get(dests, last_only=False):
+            x = self.inputs(M, dests, prefix, new, last_only)
             if record is not None:
                 if x.requires_grad:
                     x.retain_grad()
@@ -285,18 +325,26 @@ class TransformerPatchContext:
 
         for l in range(start, g.n_layers):
             b = m.blocks[l]
-            x = get([g.dest_attn(l, h, c) for h in range(H) for c in range(g.nq)])  # [K, B, T, H*nq, d]
+            adests = [g.dest_attn(l, h, c) for h in range(H) for c in range(nq)]
+            x = get(adests)  # [K, B, T, H*nq, d]
             K, B, T = x.shape[:3]
-            x = x.reshape(K * B, T, H, g.nq, -1)
-            if g.nq == 3:
-                z = b.head_z(x[..., 0, :], x[..., 1, :], x[..., 2, :])
-            else:
-                z = b.head_z(x[..., 0, :])
-            res = b.head_results(z).reshape(K, B, T, H, -1)
-            srcs += list(res.unbind(3))
-            xm = get([g.dest_mlp(l)])[..., 0, :]
-            srcs.append(b.mlp(xm, m.act))
-        xo = get([g.dest_out])[..., 0, :]
+            xs = x.reshape(K * B, T, H, nq, -1)
+            z = b.head_z(xs[..., 0, :], xs[..., 1, :], xs[..., 2, :]) if nq == 3 else b.head_z(xs[..., 0, :])
+            heads = list(b.head_results(z).reshape(K, B, T, H, -1).unbind(3))
+            if r in adests:
+                h, c = divmod(adests.index(r), nq)
+                xh = x[..., h * nq:(h + 1) * nq, :]
+                xh = xh.expand(cands.shape[0], *xh.shape[1:]).clone()
+                xh[..., c, :] = cands
+                heads[h] = self._one_head(b, h, xh)
+            new += [heads[h] - self.a[g.src_head(l, h)] for h in range(H)]
+            # the last MLP only matters at the last position (MLPs are position-wise; the output reads there)
+            last = l == g.n_layers - 1
+            xm = cands if r == g.dest_mlp(l) else get([g.dest_mlp(l)], last)[..., 0, :]
+            if last:
+                xm = xm[:, :, -1:]
+            new.append(b.mlp(xm, m.act) - self.a[g.src_mlp(l)][:, :, -xm.shape[2]:])
+        xo = cands[:, :, -1:] if r == g.dest_out else get([g.dest_out], True)[..., 0, :]
         return m.unembed(xo)[..., -1, :]
 
     def forward(self, M: torch.Tensor) -> torch.Tensor:
@@ -376,8 +424,8 @@ def acdc_fast(ctx: TransformerPatchContext, threshold: float, max_candidates: in
         for r, srcs in runs:
             l = g.dest_layer(r)
             n = g.dest_n_src(r)
-            diff = (ctx.h[:n, 0] - ctx.a[:n, 0]).expand(n, *ctx.h.shape[2:])  # [n, B, T, d]
-            cur = ctx.inputs(M, ctx.h[:n], [r])[0, ..., 0, :]  # [B, T, d]: clean sources, current row of r
+            diff = ctx.D[:n, 0]  # [n, B, T, d]: removing edge (s -> r) subtracts diff[s] from r's input
+            cur = ctx.inputs(M, [r])[0, ..., 0, :]  # [B, T, d]: clean sources, current row of r
             pending = []
             for s in srcs:
                 if bool((diff[s] == 0).all()):  # removing it changes nothing: score exactly 0
@@ -438,13 +486,14 @@ def eap_signed(ctx: TransformerPatchContext, steps: int | None = None, objective
     grads = torch.zeros(g.n_dest, *ctx.h.shape[2:], dtype=ctx.dtype, device=ctx.device)
     for alpha in alphas:
         with torch.enable_grad():
-            emb = (ctx.a[:1] + alpha * (ctx.h[:1] - ctx.a[:1])).expand_as(ctx.h[:1]).clone().requires_grad_(True)
+            emb = (alpha * ctx.D[:1]).clone().requires_grad_(True)  # embedding interpolated, minus ablated
             rec: dict = {}
-            out = ctx.run(M, live=emb, record=rec)
+            out = ctx.run(M, prefix=emb, record=rec)
             obj(out).sum().backward()
         for dests, x in rec.items():
             for i, k in enumerate(dests):
-                grads[k] += x.grad[..., i, :].sum(0) / len(alphas)
+                gx = x.grad[..., i, :].sum(0)  # [B, T', d]; T' = 1 where only the last position is computed
+                grads[k][:, grads.shape[2] - gx.shape[1]:] += gx / len(alphas)
     diff = (ctx.a[:, 0] - ctx.h[:, 0]).expand(g.n_src, *ctx.h.shape[2:])  # [n_src, B, T, d]
     eff = torch.einsum("kbtd,sbtd->ks", grads, diff)
     return torch.where(ctx.allowed, eff, torch.full_like(eff, float("nan")))

@@ -1,0 +1,192 @@
+"""Our transformer ACDC and EAP against auto-circuit 1.0.1's, on the same exported model and data.
+
+    pip install 'modcircuit[bench]'      # auto-circuit==1.0.1, attrs, transformer-lens==3.9.0
+    python benchmarks/bench_vs_autocircuit.py [--checkpoint RUN_DIR] [--steps 1000] [--batch 100]
+
+Without a checkpoint it trains a 2-block modular-addition transformer (p=23, d_model 64, 4 heads) for
+--steps steps. Both libraries see the same model (ours, and its TransformerLens export with
+use_attn_result / use_split_qkv_input / hook_mlp_in), the same clean and corrupted batch (resample
+ablation) and the same edge graph (embed / heads / MLPs -> q, k, v of each head, MLPs, output).
+
+ACDC: auto-circuit's `acdc_prune_scores` with one threshold per call (tao_exps=[e], tao_bases=[b]); its
+circuit is the edges never removed (score inf). Ours: `method="acdc"` at the same threshold, KL to the
+model at the last position, run twice: in auto-circuit's edge order (receivers sorted by layer only,
+edges within a layer in its set order; our fast ACDC accepts any such order) and in our default order.
+EAP: auto-circuit's `mask_gradient_prune_scores(grad_function="logit", answer_function="avg_diff",
+mask_val=0)` with answer = the model's top class and wrong answers = all other classes; ours
+`method="eap", objective="logit-diff"` (top logit minus the mean logit), which is the same objective up
+to the factor (V-1)/V, so the two rank edges identically; compared as top-k edge sets.
+
+Two fixes auto-circuit 1.0.1 needs beside TransformerLens 3.x (see DESIGN): `attrs` installed, and an
+alias module for `transformer_lens.past_key_value_caching` (moved in TL 3.x; auto-circuit uses it only
+as a type); its graph_utils also imports `HookedTransformerKeyValueCache` from the package top level, so
+the same class is set there as well.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import types
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+def import_auto_circuit():
+    import transformer_lens
+
+    if not hasattr(transformer_lens, "HookedTransformerKeyValueCache"):  # graph_utils imports it from the top
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        transformer_lens.HookedTransformerKeyValueCache = TransformerLensKeyValueCache
+    if "transformer_lens.past_key_value_caching" not in sys.modules:
+        try:
+            import transformer_lens.past_key_value_caching  # noqa: F401  (TL < 3)
+        except ImportError:
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+            alias = types.ModuleType("transformer_lens.past_key_value_caching")
+            alias.HookedTransformerKeyValueCache = TransformerLensKeyValueCache
+            sys.modules["transformer_lens.past_key_value_caching"] = alias
+    from auto_circuit.data import PromptDataLoader, PromptDataset
+    from auto_circuit.prune_algos.ACDC import acdc_prune_scores
+    from auto_circuit.prune_algos.mask_gradient import mask_gradient_prune_scores
+    from auto_circuit.utils.graph_utils import patchable_model
+
+    return PromptDataLoader, PromptDataset, acdc_prune_scores, mask_gradient_prune_scores, patchable_model
+
+
+def our_names(edge) -> tuple[str, str]:
+    """auto-circuit edge -> (our source name, our destination name)."""
+    src, dst = edge.src.name, edge.dest.name
+    src = {"Resid Start": "embed"}.get(src, src.replace("MLP ", "MLP"))
+    if dst == "Resid End":
+        dst = "output"
+    elif dst.startswith("MLP "):
+        dst = dst.replace("MLP ", "MLP")
+    else:  # A{l}.{h}.Q
+        dst = dst[:-1] + dst[-1].lower()
+    return src, dst
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def timed(fn, repeats: int):
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return out, statistics.median(times), (min(times), max(times))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--p", type=int, default=23)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--thresholds", default="0.001,0.003,0.01,0.03,0.1")
+    ap.add_argument("--topk", default="5,10,20,40")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+
+    import modcircuit as mc
+    from modcircuit.circuits.transformer_graph import discover_transformer, logit_gap
+    from modcircuit.export.transformer_lens import to_transformer_lens
+    from modcircuit.tasks import sequence  # noqa: F401
+
+    PromptDataLoader, PromptDataset, acdc_prune_scores, mask_gradient_prune_scores, patchable_model = \
+        import_auto_circuit()
+
+    if args.checkpoint:
+        run = mc.load(args.checkpoint)
+        task = run.task()
+    else:
+        task = mc.get_task("modular-addition-transformer", seed=0, p=args.p, n_layers=2, d_model=64, n_heads=4,
+                           d_head=16, d_mlp=128)
+        t0 = time.perf_counter()
+        run = mc.train(task, "bimt", seed=0, steps=args.steps, lr=3e-3)
+        print(f"trained {args.steps} steps in {time.perf_counter() - t0:.1f} s: test accuracy "
+              f"{run.metrics['test_accuracy']:.3f}")
+    model = run.model.eval()
+    clean, corrupt, _ = task.patching_pairs("test", n=args.batch, seed=0)
+    with torch.no_grad():
+        top = model(clean).argmax(-1)
+    V = model.d_out
+    answers = top[:, None]
+    wrong = torch.stack([torch.cat([torch.arange(c), torch.arange(c + 1, V)]) for c in top.tolist()])
+
+    tl = to_transformer_lens(model, use_attn_result=True, use_split_qkv_input=True)
+    tl.set_use_hook_mlp_in(True)
+    assert (tl(clean)[:, -1] - model(clean)).abs().max().item() < 1e-4
+    pm = patchable_model(tl, factorized=True, slice_output="last_seq", separate_qkv=True, device=torch.device("cpu"))
+    ds = PromptDataset(clean, corrupt, list(answers), list(wrong))
+    dl = PromptDataLoader(ds, seq_len=None, diverge_idx=0, batch_size=len(clean), shuffle=False)
+
+    edges = sorted(pm.edges, key=lambda e: e.dest.layer, reverse=True)  # auto-circuit's ACDC order
+    names = {e: our_names(e) for e in edges}
+    probe = discover_transformer(model, clean, corrupt, method="random", split_qkv=True)
+    ours_index = {(src, dst): (k, s) for k, s, src, dst in probe.graph.edges()}
+    assert set(names.values()) == set(ours_index), "the two edge graphs differ"
+    ac_order = [ours_index[names[e]] for e in edges]
+    print(f"model: {model.n_layers} blocks, d_model {model.d_model}, {model.n_heads} heads; {len(edges)} edges; "
+          f"batch {len(clean)}; torch threads {args.threads}\n")
+
+    print("ACDC (KL at the last position, resample ablation)")
+    print("| threshold | auto-circuit s | ours s (its order) | ratio | kept ac / ours | Jaccard | "
+          "ours s (default order) | Jaccard default | logit gap ours |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for thr in [float(t) for t in args.thresholds.split(",")]:
+        mant, exp = f"{thr:e}".split("e")
+
+        def theirs():
+            with torch.no_grad():
+                return acdc_prune_scores(pm, dl, None, tao_exps=[int(exp)], tao_bases=[float(mant)])
+        ps, t_ac, _ = timed(theirs, 1)
+        ac_kept = {names[e] for e in edges if torch.isinf(ps[e.dest.module_name][e.patch_idx])}
+        c, t_ours, _ = timed(lambda: discover_transformer(model, clean, corrupt, method="acdc", threshold=thr,
+                                                          metric="kl", split_qkv=True, order=ac_order), args.repeats)
+        cd, t_def, _ = timed(lambda: discover_transformer(model, clean, corrupt, method="acdc", threshold=thr,
+                                                          metric="kl", split_qkv=True), args.repeats)
+        gap = logit_gap(model, c, clean, corrupt)
+        print(f"| {thr:g} | {t_ac:.3f} | {t_ours:.3f} | {t_ac / t_ours:.1f}x | {len(ac_kept)} / {c.n_kept} | "
+              f"{jaccard(ac_kept, c.edge_set()):.3f} | {t_def:.3f} | {jaccard(ac_kept, cd.edge_set()):.3f} | "
+              f"{gap:.3g} |", flush=True)
+        diff = ac_kept ^ c.edge_set()
+        for src, dst in sorted(diff):
+            k, s = ours_index[(src, dst)]
+            print(f"    differs: {src} -> {dst}: our score {float(c.scores[0][k, s]):.6g} vs threshold {thr:g}")
+
+    print("\nEAP (logit difference: top class vs the others)")
+
+    def theirs_eap():
+        return mask_gradient_prune_scores(pm, dl, None, grad_function="logit", answer_function="avg_diff",
+                                          mask_val=0.0)
+    ps, t_ac, _ = timed(theirs_eap, args.repeats)
+    ac_scores = {names[e]: abs(float(ps[e.dest.module_name][e.patch_idx])) for e in edges}
+    c, t_ours, _ = timed(lambda: discover_transformer(model, clean, corrupt, method="eap", split_qkv=True,
+                                                      objective="logit-diff"), args.repeats)
+    our_scores = {(src, dst): float(c.scores[0][k, s]) for (src, dst), (k, s) in ours_index.items()}
+    ratio = [ac_scores[e] / our_scores[e] for e in ac_scores if our_scores[e] > 1e-9]
+    print(f"auto-circuit {t_ac:.4f} s, ours {t_ours:.4f} s, ratio {t_ac / t_ours:.1f}x; "
+          f"score ratio theirs/ours median {statistics.median(ratio):.4f} (expected V/(V-1) = {V / (V - 1):.4f})")
+    print("| top k | Jaccard |")
+    print("|---|---|")
+    for k in [int(v) for v in args.topk.split(",")]:
+        a = set(sorted(ac_scores, key=ac_scores.get, reverse=True)[:k])
+        b = set(sorted(our_scores, key=our_scores.get, reverse=True)[:k])
+        print(f"| {k} | {jaccard(a, b):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
