@@ -1,0 +1,133 @@
+"""`modcircuit discover` and `modcircuit evaluate` (registered by modcircuit/cli.py).
+
+    modcircuit discover RUN --method acdc --threshold 0.01 [--data inputs.npz] --out circuit.json [--json]
+    modcircuit evaluate RUN circuit.json [--data inputs.npz] [--json]
+
+The npz holds `clean` and `corrupt` arrays of the same shape and optional `labels`; without --data the
+run's task supplies resample pairs from its test split. Bad input raises ModcircuitError (one line, exit 2).
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import typer
+
+from ..errors import ModcircuitError
+from ..tasks import planted as _planted  # noqa: F401  (planted runs load their task)
+from .circuit import Circuit
+from .discover import discover, task_metric
+from .methods import method_names
+from .metrics import evaluate
+
+
+def load_npz(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ModcircuitError(f"data file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ModcircuitError(f"data file {str(path)!r} is not a readable .npz: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    missing = [k for k in ("clean", "corrupt") if k not in arrays]
+    if missing:
+        raise ModcircuitError(f"data file {str(path)!r} has arrays {sorted(arrays)}; it needs 'clean' and 'corrupt' (optional 'labels')")
+    clean, corrupt = arrays["clean"], arrays["corrupt"]
+    if clean.shape != corrupt.shape:
+        raise ModcircuitError(f"data file {str(path)!r}: clean has shape {clean.shape}, corrupt {corrupt.shape}; they must match")
+    if clean.ndim == 0 or len(clean) == 0:
+        raise ModcircuitError(f"data file {str(path)!r}: clean holds no examples")
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise ModcircuitError(f"data file {str(path)!r}: array {k!r} has dtype {a.dtype}; numbers are needed")
+    out = {"clean": torch.from_numpy(clean), "corrupt": torch.from_numpy(corrupt)}
+    if "labels" in arrays:
+        labels = torch.from_numpy(arrays["labels"])
+        if len(labels) != len(clean):
+            raise ModcircuitError(f"data file {str(path)!r}: {len(labels)} labels for {len(clean)} examples")
+        out["labels"] = labels
+    return out
+
+
+def _load_run(run: Path):
+    from ..train import load
+
+    r = load(run)
+    try:
+        task = r.task()
+    except ModcircuitError:
+        task = None  # e.g. the task's data files are missing here; --data still works
+    return r.model, task
+
+
+def _data(task, data: Optional[Path]):
+    if data is not None:
+        return load_npz(data)
+    if task is None:
+        raise ModcircuitError("the run's task cannot be built here; give --data inputs.npz")
+    return task
+
+
+def discover_cmd(
+    run: Path = typer.Argument(..., help="run folder (model.safetensors + model.json)"),
+    method: str = typer.Option("acdc", "--method", help="discovery method: " + ", ".join(method_names())),
+    threshold: float = typer.Option(0.01, "--threshold", help="ACDC tau / score cut-off / probing size weight (>= 0)"),
+    data: Optional[Path] = typer.Option(None, "--data", help=".npz with clean, corrupt (same shape), optional labels"),
+    out: Path = typer.Option(Path("circuit.json"), "--out", help="circuit JSON to write"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="kl | mse (default: the task's)"),
+    ablation: str = typer.Option("resample", "--ablation", help="resample | zero | mean"),
+    examples: Optional[int] = typer.Option(None, "--examples", help="use this many task test examples"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="keep the k best-scored edges instead"),
+    json_output: bool = typer.Option(False, "--json", help="machine-readable output"),
+):
+    """Discover the circuit of a trained model and write it as JSON."""
+    model, task = _load_run(run)
+    source = _data(task, data)
+    if metric is None:
+        metric = task_metric(task) if task is not None else "kl"
+    kwargs = dict(method=method, threshold=threshold, metric=metric, ablation=ablation, top_k=top_k)
+    if hasattr(source, "patching_pairs"):
+        kwargs["examples"] = examples
+    if json_output:
+        circuit = discover(model, source, **kwargs)
+    else:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            job = bar.add_task(f"{method}", total=None)
+            circuit = discover(model, source, progress=lambda done, total: bar.update(job, completed=done, total=total),
+                               **kwargs)
+    circuit.save(out)
+    summary = {"out": str(out), "method": circuit.method, "threshold": circuit.threshold, "metric": circuit.metric,
+               "ablation": circuit.ablation, "n_edges": circuit.n_edges, "n_kept": circuit.n_kept,
+               "seconds": circuit.seconds, "forward_passes": circuit.forward_passes}
+    if json_output:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(f"{method}: kept {circuit.n_kept}/{circuit.n_edges} edges in {circuit.seconds:.2f} s "
+                   f"({circuit.forward_passes} forward passes) -> {out}")
+
+
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="run folder (model.safetensors + model.json)"),
+    circuit_file: Path = typer.Argument(..., help="circuit JSON written by `modcircuit discover`"),
+    data: Optional[Path] = typer.Option(None, "--data", help=".npz with clean, corrupt, optional labels"),
+    json_output: bool = typer.Option(False, "--json", help="machine-readable output (every metric)"),
+):
+    """Score a circuit: faithfulness, task accuracy, sparsity, cost, ground truth where known."""
+    model, task = _load_run(run)
+    circuit = Circuit.load(circuit_file, model)
+    report = evaluate(model, circuit, _data(task, data))
+    if json_output:
+        typer.echo(json.dumps(report, allow_nan=False, default=str))
+        return
+    skip = {"curve", "roc_edges", "roc_inputs"}
+    for k, v in report.items():
+        if k in skip or v is None:
+            continue
+        typer.echo(f"{k:18s} {v:.6g}" if isinstance(v, float) else f"{k:18s} {v}")
