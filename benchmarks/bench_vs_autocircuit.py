@@ -96,7 +96,10 @@ def main():
     ap.add_argument("--topk", default="5,10,20,40")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                    help="precision of our patched runs (auto-circuit runs in the model's float32)")
     args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
 
@@ -155,9 +158,10 @@ def main():
         ps, t_ac, _ = timed(theirs, 1)
         ac_kept = {names[e] for e in edges if torch.isinf(ps[e.dest.module_name][e.patch_idx])}
         c, t_ours, _ = timed(lambda: discover_transformer(model, clean, corrupt, method="acdc", threshold=thr,
-                                                          metric="kl", split_qkv=True, order=ac_order), args.repeats)
+                                                          metric="kl", split_qkv=True, order=ac_order, dtype=dtype),
+                             args.repeats)
         cd, t_def, _ = timed(lambda: discover_transformer(model, clean, corrupt, method="acdc", threshold=thr,
-                                                          metric="kl", split_qkv=True), args.repeats)
+                                                          metric="kl", split_qkv=True, dtype=dtype), args.repeats)
         gap = logit_gap(model, c, clean, corrupt)
         print(f"| {thr:g} | {t_ac:.3f} | {t_ours:.3f} | {t_ac / t_ours:.1f}x | {len(ac_kept)} / {c.n_kept} | "
               f"{jaccard(ac_kept, c.edge_set()):.3f} | {t_def:.3f} | {jaccard(ac_kept, cd.edge_set()):.3f} | "
@@ -175,7 +179,7 @@ def main():
     ps, t_ac, _ = timed(theirs_eap, args.repeats)
     ac_scores = {names[e]: abs(float(ps[e.dest.module_name][e.patch_idx])) for e in edges}
     c, t_ours, _ = timed(lambda: discover_transformer(model, clean, corrupt, method="eap", split_qkv=True,
-                                                      objective="logit-diff"), args.repeats)
+                                                      objective="logit-diff", dtype=dtype), args.repeats)
     our_scores = {(src, dst): float(c.scores[0][k, s]) for (src, dst), (k, s) in ours_index.items()}
     ratio = [ac_scores[e] / our_scores[e] for e in ac_scores if our_scores[e] > 1e-9]
     print(f"auto-circuit {t_ac:.4f} s, ours {t_ours:.4f} s, ratio {t_ac / t_ours:.1f}x; "

@@ -635,8 +635,10 @@ def _num(x):
 def discover_transformer(model, data, corrupt=None, *, method: str = "acdc", threshold: float = 0.01,
                          metric: str | None = None, ablation: str = "resample", split_qkv: bool = False,
                          top_k: int | None = None, split: str = "test", n: int | None = None,
-                         seed: int | None = None, **options) -> TransformerCircuit:
-    """`discover` for a GeometricTransformer on the head-level graph (same arguments and conventions)."""
+                         seed: int | None = None, dtype: torch.dtype = torch.float64,
+                         **options) -> TransformerCircuit:
+    """`discover` for a GeometricTransformer on the head-level graph (same arguments and conventions).
+    dtype: the precision of the patched runs (float64 by default; float32 is ~1.6x faster on CPU)."""
     from ..tasks.base import Task
 
     if method not in METHODS:
@@ -656,7 +658,7 @@ def discover_transformer(model, data, corrupt=None, *, method: str = "acdc", thr
         metric = ("kl" if task.kind == "classification" else "mse") if task is not None else "kl"
     t0 = time.perf_counter()
     ctx = TransformerPatchContext(model, clean, corrupt, metric=metric, ablation=ablation, split_qkv=split_qkv,
-                                  labels=labels)
+                                  labels=labels, dtype=dtype)
     res = METHODS[method](ctx, float(threshold), **options)
     seconds = time.perf_counter() - t0
     scores = res.scores.detach().cpu().double()
