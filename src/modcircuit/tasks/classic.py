@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_digits, make_moons
-from sklearn.model_selection import train_test_split
 
 from .base import Task, register_task
 
 
 @register_task("two-moons", "make_moons(200, noise 0.1) train and test, MLP [2,20,20,2], cross-entropy")
 def two_moons(seed: int = 0, n: int = 200, noise: float = 0.1) -> Task:
+    from sklearn.datasets import make_moons  # imported on use: sklearn costs seconds at start-up
+
     xtr, ytr = make_moons(n, noise=noise, random_state=seed)
     xte, yte = make_moons(n, noise=noise, random_state=seed + 10_000)
     f = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
@@ -24,6 +24,9 @@ def two_moons(seed: int = 0, n: int = 200, noise: float = 0.1) -> Task:
 
 @register_task("digits", "scikit-learn 8x8 digits, 2-D grid inputs, MLP [64,100,100,10], cross-entropy")
 def digits(seed: int = 0, test_size: float = 0.25) -> Task:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     d = load_digits()
     x = d.data.astype("float32") / 16.0
     xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=test_size, random_state=seed, stratify=d.target)
