@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from modcircuit.cli import main
+
 
 def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "modcircuit.cli", *args], capture_output=True, text=True, cwd=cwd)
@@ -38,10 +40,19 @@ def test_tasks_lists_every_task():
     (["--task", "two-moons", "--widths", "2,x,2"], "--widths '2,x,2'"),
     (["--task", "two-moons", "--lr", "1e30", "--steps", "100"], "loss became"),
 ])
-def test_bad_input_one_line_nonzero_nothing_written(tmp_path, args, needle):
+def test_bad_input_one_line_nonzero_nothing_written(tmp_path, capsys, args, needle):
+    # in-process (the same main() the console script calls) to keep the suite fast
     out = tmp_path / "run"
-    r = cli("train", *args, "--out", str(out), "--no-progress")
-    assert r.returncode != 0
-    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
+    code = main(["train", *args, "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unknown_command_and_missing_option_are_one_line(capsys):
+    assert main(["trian"]) == 2
+    assert main(["train", "--task", "two-moons"]) == 2  # --out missing
+    errs = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(errs) == 2 and all(e.startswith("error:") for e in errs) and "--out" in errs[1]
