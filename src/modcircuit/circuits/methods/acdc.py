@@ -29,6 +29,7 @@ import torch
 from . import MethodResult, register_method
 
 SWITCH = 2  # wrong "removed" guesses in one receiver before its edges' individual effects are measured
+FIRST_CHUNK = 8  # after a wrong guess, the next chain is evaluated in chunks of 8, 16, 32, ...
 MAX_ELEMENTS = 1 << 17  # per evaluation chunk (candidates x examples x widest layer): small enough to stay in cache
 
 
@@ -154,17 +155,24 @@ class _FastACDC:
             return self.ctx.metric(out)
         # KL(p || softmax(out)) = sum p log p + logsumexp(out) - p . out
         lse = (out - self.shift).exp_().sum(-1).log_().add_(self.shift[..., 0])
-        if not bool(torch.isfinite(lse).all()):
-            lse = torch.logsumexp(out, -1)
-        return (self.neg_entropy + lse - (out * self.p).sum(-1)).mean(-1)
+        kl = (self.neg_entropy + lse - (out * self.p).sum(-1)).mean(-1)
+        if not bool(torch.isfinite(kl).all()):  # exp over/underflowed: the stable (slower) form
+            kl = (self.neg_entropy + torch.logsumexp(out, -1) - (out * self.p).sum(-1)).mean(-1)
+        return kl
 
-    def _chunks(self, ev, width, cands):
-        """Evaluate candidates chunk by chunk (small enough to stay in cache), lazily."""
+    def _chunks(self, ev, width, cands, first=None):
+        """Evaluate candidates lazily in chunks small enough to stay in cache; chunk sizes start at `first`
+        and double (a speculative chain is often cut short by a wrong guess)."""
         step = max(1, MAX_ELEMENTS // (cands.shape[1] * width))
+        size = step if first is None else min(first, step)
         self.passes += 1
-        for s in range(0, cands.shape[0], step):
-            self.candidates += min(step, cands.shape[0] - s)
-            yield s, ev(cands[s:s + step]).tolist()
+        s = 0
+        while s < cands.shape[0]:
+            k = min(size, cands.shape[0] - s)
+            self.candidates += k
+            yield s, ev(cands[s:s + k]).tolist()
+            s += k
+            size = min(2 * size, step)
 
     # ---- one layer of receivers --------------------------------------------------------------------
     def _layer(self, l: int):
@@ -209,7 +217,8 @@ class _FastACDC:
                 gd = dk * torch.tensor(g, dtype=dk.dtype, device=dk.device)[:, None]
                 cands = zj - (torch.cumsum(gd, 0) - gd) - dk
             m0, used, all_mets = self.m, None, []
-            for s, mets in self._chunks(ev, width, cands):
+            first = None if (individual or wrong == 0) else FIRST_CHUNK
+            for s, mets in self._chunks(ev, width, cands, first):
                 if individual:
                     all_mets += mets
                 if used is not None:
