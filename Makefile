@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q $(TORCH) -e '.[dev,tl,ray]'
 	touch $@
 
 # Headless Chromium for the browser tests (Debian package); skipped quietly where apt is not usable.

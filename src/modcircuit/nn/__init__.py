@@ -11,3 +11,5 @@ def model_from_config(cfg: dict):
     if kind not in MODEL_KINDS:
         raise choice_error("model kind", kind, MODEL_KINDS)
     return MODEL_KINDS[kind].from_config(cfg)
+
+from . import transformer  # noqa: E402,F401  (registers "transformer")
