@@ -52,6 +52,14 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     (kl for classification, mse for regression), "kl" for raw data. Score-only methods keep the edges whose
     score is >= threshold, or the `top_k` best. Extra keyword options go to the method.
     """
+    from ..nn.transformer import GeometricTransformer
+
+    if isinstance(model, GeometricTransformer):  # head-level graph, same semantics (transformer_graph.py)
+        from .transformer_graph import discover_transformer
+
+        return discover_transformer(model, data, corrupt, method=method, threshold=threshold, metric=metric,
+                                    ablation=ablation, top_k=top_k, split=split, n=examples, seed=data_seed,
+                                    **options)
     model = as_mlp(model)
     fn = get_method(method)
     threshold = check_threshold(threshold)
