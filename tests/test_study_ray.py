@@ -33,6 +33,7 @@ def _rows(path):
                 for t in ("runs", "circuits", "profiles")}
 
 
+@pytest.mark.slow  # ~30 s on an idle 2-core machine (Ray start ~7 s), minutes when the cores are busy
 def test_ray_gives_the_same_rows_as_local(tmp_path):
     pytest.importorskip("ray")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"

@@ -25,6 +25,10 @@ def _console():
     return Console(markup=False, highlight=False, width=max(140, c.width))
 
 
+TERMINAL_COLUMNS = ("logit gap", "KL", "MSE to model", "edges kept", "discovery s", "train s", "peak RSS MB",
+                    "latency ms", "circuit latency ms")
+
+
 def print_report_tables(rep, console=None) -> None:
     """The main comparison table of each task and the claims summary, in the terminal."""
     from rich.table import Table
@@ -33,9 +37,10 @@ def print_report_tables(rep, console=None) -> None:
     for task, (header, rows) in rep.tables.items():
         if header is None:
             continue
-        t = Table(*header, title=f"{task} (mean ± 95% CI over seeds)", show_lines=False)
+        keep = [i for i, h in enumerate(header) if i == 0 or h in TERMINAL_COLUMNS]
+        t = Table(*[header[i] for i in keep], title=f"{task} (mean ± 95% CI over seeds; all columns in the report)")
         for r in rows:
-            t.add_row(*r)
+            t.add_row(*[r[i] for i in keep])
         console.print(t)
     verdicts: dict[str, list[str]] = {}
     for c in rep.claims:
