@@ -36,7 +36,17 @@ def rss_mb_now() -> float | None:
 
 
 def peak_rss_mb_self() -> float:
-    """High-water mark of this process's resident set in MiB."""
+    """High-water mark of this process's resident set in MiB.
+
+    On Linux this is VmHWM of /proc/self/status, the peak of this process image only: getrusage's
+    ru_maxrss keeps the high-water mark of the image replaced by exec, so a child started with
+    fork/vfork + exec would report its parent's peak when the parent is larger."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
 
