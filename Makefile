@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 browser:
 	@command -v chromium >/dev/null || (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) || echo "note: chromium not installed; browser tests will be skipped"
 
+# A small real study (studies/demo.toml): train, discover, evaluate, profile; table in the terminal,
+# report in report/demo/index.html.
 demo: install
-	$(PY) -m modcircuit.demo
+	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/modcircuit study run studies/demo.toml --workers 2 --report report/demo
 
 test: install browser
 	$(PY) -m pytest -q

@@ -148,11 +148,12 @@ def _register_stage_commands() -> None:
             continue
         app.command(name)(fn)
     try:
-        from .study.cli_commands import study_app
-
-        app.add_typer(study_app, name="study", help="Run a study (tasks x regimes x seeds x methods).")
-    except (ImportError, AttributeError):
-        pass
+        from .study.cli_commands import study_run_cmd
+    except ImportError:
+        return
+    study_app = typer.Typer(no_args_is_help=True, help="Run studies: tasks x regimes x seeds x methods.")
+    study_app.command("run")(study_run_cmd)
+    app.add_typer(study_app, name="study")
 
 
 _register_stage_commands()
