@@ -407,52 +407,326 @@ def acdc_plain(ctx: TransformerPatchContext, threshold: float, order=None) -> Me
 
 
 def acdc_fast(ctx: TransformerPatchContext, threshold: float, max_candidates: int = 256, order=None) -> MethodResult:
-    """ACDC with the receiver's upstream cached and its candidates batched (same result as acdc_plain)."""
-    g = ctx.graph
-    M = ctx.full_mask().to(ctx.dtype)
-    scores = torch.full(M.shape, float("nan"), dtype=torch.float64)
-    thr = float(threshold)
-    candidates = 0
-    runs: list[tuple[int, list[int]]] = []  # consecutive edges with the same receiver
-    for k, s in _order(ctx, order):
-        if runs and runs[-1][0] == k:
-            runs[-1][1].append(s)
+    """ACDC with exact sequential semantics, evaluated stage by stage with speculative candidate chains
+    (same result as acdc_plain; see _StageACDC)."""
+    return _StageACDC(ctx, float(threshold), int(max_candidates)).run(_order(ctx, order))
+
+
+FIRST_CHUNK = 16  # a speculative chain is evaluated in chunks of 16, 32, ... candidates
+
+
+class _StageACDC:
+    """Fast transformer ACDC.
+
+    A *stage* is a maximal run of the order's edges whose receivers share a rank (the output; one layer's
+    MLP; one layer's attention inputs, in any interleaving). While a stage is processed every receiver
+    read earlier in the forward pass is complete, so every source feeding the stage's receivers has its
+    clean value and a candidate circuit differs from the current one only by removed edges R [n_recv,
+    n_src]: receiver j reads U_j - sum_s R[j, s] (h_s - a_s). The receivers read later (already decided)
+    are fixed, so a candidate is evaluated from the stage on only:
+      * U_k = base_k + sum_{s upstream} M[k, s] (h_s - a_s) once per stage for every later receiver, the
+        live values of the sources written from the stage on recomputed per candidate;
+      * attention stages recompute only the q/k/v inputs a candidate changes (the other heads' current
+        projections and results are cached), and the last layer works at the last position only (the
+        output reads only there; keys and values still see every position);
+      * sources whose outgoing edges are all removed are skipped (they add exactly nothing), and an edge
+        into such a dead receiver, or from a source equal to its ablated value, scores exactly 0;
+      * ACDC's sequential rule is kept exactly by speculation: a batch evaluates a chain of candidates, each
+        built on guessed outcomes (removed / kept) of the stage's earlier edges; the outcomes are checked in
+        order and at the first wrong guess the rest of the chain is discarded. The first pass of a stage
+        guesses "kept" for everything, which measures every edge's individual effect; those effects are
+        the guesses of later chains (measured again after SWITCH wrong guesses). Results never depend on
+        the guesses, only the amount of work does.
+    """
+
+    def __init__(self, ctx: TransformerPatchContext, thr: float, max_candidates: int):
+        self.ctx, self.thr, self.cap = ctx, thr, max(1, max_candidates)
+        self.g, self.m = ctx.graph, ctx.model
+        self.first = FIRST_CHUNK
+        self.M = ctx.full_mask().to(ctx.dtype)
+        self.D = ctx.D[:, 0].expand(-1, *ctx.h.shape[2:])  # [n_src, B, T, d]
+        self.a = ctx.a[:, 0]  # [n_src, B|1, T, d]
+        self.base = ctx.base[:, 0]  # [n_dest, B|1, T, d]
+        self.zero = (self.D == 0).flatten(1).all(1).tolist()  # removing an edge from s changes nothing
+        self.scores = torch.full(self.M.shape, float("nan"), dtype=torch.float64)
+        self.passes, self.candidates = 0, 0
+        self.W = []  # per layer: (W^T [H, d, dh], b [H, 1, dh]) for q, k, v, then W_O per head [H, dh, d]
+        for b in self.m.blocks:
+            H, dh = self.g.n_heads, b.d_head
+            proj = [(W.view(H, dh, -1).transpose(1, 2).contiguous(), bias.view(H, 1, dh))
+                    for W, bias in ((b.W_Q, b.b_Q), (b.W_K, b.b_K), (b.W_V, b.b_V))]
+            self.W.append(proj + [b.W_O.view(-1, H, dh).permute(1, 2, 0).contiguous()])
+        self._masks: dict = {}
+
+    # ---- the stage's fixed quantities --------------------------------------------------------------
+    def _rank(self, k: int) -> int:
+        l = self.g.dest_layer(k)
+        return 2 * l + (1 if k == self.g.dest_out or k == self.g.dest_mlp(l) else 0)
+
+    def _setup(self, rank: int):
+        g = self.g
+        L, H, nq = g.n_layers, g.n_heads, g.nq
+        self.layer = l = rank // 2
+        self.kind = "out" if l == L else ("mlp" if rank % 2 else "attn")
+        if self.kind == "out":
+            self.recv, self.s0 = [g.dest_out], g.n_src
+        elif self.kind == "mlp":
+            self.recv, self.s0 = [g.dest_mlp(l)], g.src_mlp(l)
         else:
-            runs.append((k, [s]))
-    with torch.no_grad():
-        m_cur = ctx.metric(ctx.forward(M)).item()
-        for r, srcs in runs:
-            l = g.dest_layer(r)
-            n = g.dest_n_src(r)
-            diff = ctx.D[:n, 0]  # [n, B, T, d]: removing edge (s -> r) subtracts diff[s] from r's input
-            cur = ctx.inputs(M, [r])[0, ..., 0, :]  # [B, T, d]: clean sources, current row of r
-            pending = []
-            for s in srcs:
-                if bool((diff[s] == 0).all()):  # removing it changes nothing: score exactly 0
-                    scores[r, s] = 0.0
-                    if 0.0 < thr:
-                        M[r, s] = 0.0
-                else:
-                    pending.append(s)
-            pos = 0
-            while pos < len(pending):
-                chunk = pending[pos: pos + max_candidates]
-                cands = cur[None] - diff[chunk]  # [K, B, T, d]
-                mets = ctx.metric(ctx.run(M, start=l, override=(r, cands))).tolist()
-                candidates += len(chunk)
-                used = len(chunk)
-                for i, s in enumerate(chunk):
-                    sc = mets[i] - m_cur
-                    scores[r, s] = sc
-                    if sc < thr:  # removed for good: the rest of the receiver's edges start from here
-                        M[r, s] = 0.0
-                        m_cur = mets[i]
-                        cur = cands[i]
-                        used = i + 1
-                        break
-                pos += used
-    return MethodResult(scores, M.bool().cpu() & ctx.allowed.cpu(), ctx.forward_passes,
-                        {"final_metric": m_cur, "candidates": candidates})
+            self.recv = [g.dest_attn(l, h, c) for h in range(H) for c in range(nq)]
+            self.s0 = g.n_src_before(l)
+        self.k0 = self.recv[0]  # receivers from k0 on are the stage's and the later (fixed) ones
+        s0 = self.s0
+        self.U = self.base[self.k0:] + torch.einsum("ks,sbtd->kbtd", self.M[self.k0:, :s0], self.D[:s0])
+        self.alive = (self.M != 0).any(0).tolist()  # a source with an outgoing edge (only later ones decided)
+        self.Ds = self.D[:s0]
+        if self.kind == "attn":
+            self.dirty = set(range(H))
+            self.cq, self.ck, self.cv, self.cres, self.cdl = [None] * H, [None] * H, [None] * H, [None] * H, [None] * H
+            self.alive_heads = torch.tensor([self.alive[g.src_head(l, h)] for h in range(H)], device=self.ctx.device)
+
+    def _u(self, k: int) -> torch.Tensor:
+        return self.U[k - self.k0]
+
+    def _dead(self, k: int) -> bool:
+        g = self.g
+        if self.kind == "out":
+            return False
+        if self.kind == "mlp":
+            return not self.alive[g.src_mlp(self.layer)]
+        h, c = divmod(k - self.k0, g.nq)
+        if g.nq == 3 and c < 2 and self.D.shape[2] == 1:  # one position: the pattern is 1 whatever q and k are
+            return True
+        return not self.alive[g.src_head(self.layer, h)]
+
+    def _remove(self, k: int, s: int):
+        self.M[k, s] = 0.0
+        j = k - self.k0
+        self.U[j] = self.U[j] - self.D[s]
+        if self.kind == "attn":
+            self.dirty.add(j // self.g.nq)
+
+    # ---- pieces of the forward pass (receiver-major layout: [n_receivers or heads, K, B, T, d]) -------
+    def _norm1(self, l: int, x: torch.Tensor) -> torch.Tensor:
+        return self.m.blocks[l].norm1(x)
+
+    def _project(self, l: int, c: int, heads, xn: torch.Tensor) -> torch.Tensor:
+        """xn [P, ..., d] (normalised inputs, one head each) -> [P, ..., dh] with heads' weights (c: q, k, v)."""
+        Wt, bias = self.W[l][c]
+        if isinstance(heads, torch.Tensor) or len(heads) != self.g.n_heads:
+            Wt, bias = Wt[heads], bias[heads]
+        P = xn.shape[0]
+        return torch.baddbmm(bias, xn.reshape(P, -1, xn.shape[-1]), Wt).view(*xn.shape[:-1], -1)
+
+    def _attend(self, l: int, heads, q, k, v) -> torch.Tensor:
+        """Results [P, ..., Tq, d] of heads (one per leading index) from q [P, ..., Tq, dh], k, v [P, ..., T, dh]."""
+        Tq, T = q.shape[-2], k.shape[-2]
+        s = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1]))
+        if Tq > 1:
+            s = s.masked_fill(self._causal(Tq, T), float("-inf"))
+        z = torch.matmul(s.softmax(-1), v)
+        Wo = self.W[l][3]
+        if isinstance(heads, torch.Tensor) or len(heads) != self.g.n_heads:
+            Wo = Wo[heads]
+        P = z.shape[0]
+        return torch.bmm(z.reshape(P, -1, z.shape[-1]), Wo).view(*z.shape[:-1], -1)
+
+    def _causal(self, Tq: int, T: int) -> torch.Tensor:
+        key = (Tq, T)
+        if key not in self._masks:
+            self._masks[key] = torch.ones(Tq, T, dtype=torch.bool, device=self.ctx.device).triu(T - Tq + 1)
+        return self._masks[key]
+
+    def _gather(self, dests: list[int], dl: dict, K: int, pos: slice) -> torch.Tensor:
+        """Inputs [n, K, B, T', d] of later receivers: U_k + sum over live sources M[k, s] (live_s - a_s)."""
+        idx = [k - self.k0 for k in dests]
+        u = (self.U[idx] if len(idx) > 1 else self.U[idx[0]][None])[:, :, pos]  # [n, B, T', d]
+        Mk = self.M[dests]
+        srcs = [s for s in dl if bool((Mk[:, s] != 0).any())]
+        if not srcs:
+            return u[:, None].expand(-1, K, -1, -1, -1)
+        live = torch.stack([dl[s][:, :, pos].expand(K, *u.shape[1:]) for s in srcs]).view(len(srcs), -1)
+        return torch.mm(Mk[:, srcs], live).view(len(dests), K, *u.shape[1:]).add_(u[:, None])
+
+    def _layer(self, j: int, dl: dict, K: int):
+        """Recompute layer j (after the stage's) for K candidates: dl maps source -> live - ablated [K|1, B, T', d]."""
+        g, b = self.g, self.m.blocks[j]
+        nq = g.nq
+        pos = slice(-1, None) if j == g.n_layers - 1 else slice(None)
+        heads = [h for h in range(g.n_heads) if self.alive[g.src_head(j, h)]]
+        if heads:
+            if nq == 3:
+                xq, xk, xv = (b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], dl, K, p))
+                              for c, p in ((0, pos), (1, slice(None)), (2, slice(None))))
+            else:
+                xk = xv = b.norm1(self._gather([g.dest_attn(j, h) for h in heads], dl, K, slice(None)))
+                xq = xk[:, :, :, pos]
+            res = self._attend(j, heads, self._project(j, 0, heads, xq), self._project(j, 1, heads, xk),
+                               self._project(j, 2, heads, xv))  # [Hc, K, B, Tq, d]
+            for i, h in enumerate(heads):
+                s = g.src_head(j, h)
+                dl[s] = res[i] - self.a[s][:, pos]
+        s = g.src_mlp(j)
+        if self.alive[s]:
+            x = self._gather([g.dest_mlp(j)], dl, K, pos)[0]
+            dl[s] = b.mlp(x, self.m.act) - self.a[s][:, pos]
+
+    def _tail(self, j: int, dl: dict, K: int) -> torch.Tensor:
+        """From layer j on (the sources before it in dl) to the metric [K]."""
+        g = self.g
+        for jj in range(j, g.n_layers):
+            self._layer(jj, dl, K)
+        x = self._gather([g.dest_out], dl, K, slice(-1, None))[0]
+        return self.ctx.metric(self.m.unembed(x)[..., -1, :])
+
+    # ---- candidate evaluation ----------------------------------------------------------------------
+    def _refresh(self):
+        """Current projections and results of the stage layer's heads whose inputs changed."""
+        g, l = self.g, self.layer
+        b = self.m.blocks[l]
+        nq = g.nq
+        pos = slice(-1, None) if l == g.n_layers - 1 else slice(None)
+        for h in sorted(self.dirty):
+            x = b.norm1(torch.stack([self._u(g.dest_attn(l, h, c)) for c in range(nq)])[:, None])  # [nq, 1, B, T, d]
+            xq, xk, xv = (x[0:1, :, :, pos], x[1:2], x[2:3]) if nq == 3 else (x[:, :, :, pos], x, x)
+            q, k, v = self._project(l, 0, [h], xq), self._project(l, 1, [h], xk), self._project(l, 2, [h], xv)
+            self.cq[h], self.ck[h], self.cv[h] = q[0, 0], k[0, 0], v[0, 0]
+            self.cres[h] = self._attend(l, [h], q, k, v)[0, 0]
+            self.cdl[h] = self.cres[h][None] - self.a[g.src_head(l, h)][:, pos]
+        self.dirty.clear()
+
+    def _removed(self, R: torch.Tensor, j: int, rows, pos: slice) -> torch.Tensor:
+        """Inputs [n, B, T', d] of stage receiver j for candidates `rows`: U_j - sum_s R[row, j, s] (h_s - a_s)."""
+        Rj = R[:, j] if rows is None else R[rows, j]
+        Ds = self.Ds[:, :, pos]
+        return torch.mm(Rj, Ds.reshape(Ds.shape[0], -1)).view(Rj.shape[0], *Ds.shape[1:]).neg_().add_(
+            self._u(self.recv[j])[:, pos])
+
+    def evaluate(self, R: torch.Tensor) -> torch.Tensor:
+        """Metrics [K] of the candidates current - R (R [K, n_recv, s0], 1 = removed)."""
+        g, l = self.g, self.layer
+        K = R.shape[0]
+        self.passes += 1
+        self.candidates += K
+        if self.kind == "out":
+            x = self._removed(R, 0, None, slice(-1, None))
+            return self.ctx.metric(self.m.unembed(x)[..., -1, :])
+        pos = slice(-1, None) if l == g.n_layers - 1 else slice(None)
+        b = self.m.blocks[l]
+        dl: dict = {}
+        if self.kind == "mlp":
+            s = g.src_mlp(l)
+            dl[s] = b.mlp(self._removed(R, 0, None, pos), self.m.act) - self.a[s][:, pos]
+            return self._tail(l + 1, dl, K)
+        H, nq = g.n_heads, g.nq
+        if self.dirty:
+            self._refresh()
+        changed = R.ne(0).any(-1)  # [K, H * nq]
+        pairs = changed.view(K, H, nq).any(-1) & self.alive_heads  # [K, H]: candidate changes head
+        ip, hp = torch.nonzero(pairs, as_tuple=True)
+        if len(ip):
+            cq, ck, cv = torch.stack(self.cq), torch.stack(self.ck), torch.stack(self.cv)
+            qkv = [cq[hp], ck[hp], cv[hp]]  # [P, B, T', dh]: the current projections, changed below
+            hl = hp.tolist()
+            for h in sorted(set(hl)):
+                for c in range(nq):
+                    j = h * nq + c
+                    sel = torch.nonzero((hp == h) & changed[ip, j]).flatten()
+                    if len(sel) == 0:
+                        continue
+                    rows = ip[sel]
+                    if nq == 3:
+                        xn = b.norm1(self._removed(R, j, rows, pos if c == 0 else slice(None)))
+                        qkv[c][sel] = self._project(l, c, [h], xn[None])[0]
+                    else:
+                        xn = b.norm1(self._removed(R, j, rows, slice(None)))
+                        qkv[0][sel] = self._project(l, 0, [h], xn[None, :, :, pos])[0]
+                        qkv[1][sel] = self._project(l, 1, [h], xn[None])[0]
+                        qkv[2][sel] = self._project(l, 2, [h], xn[None])[0]
+            dres = self._attend(l, hp, *(t[:, None] for t in qkv))[:, 0] - torch.stack(self.cres)[hp]  # [P, B, Tq, d]
+        for h in range(H):
+            s = g.src_head(l, h)
+            if not self.alive[s]:
+                continue
+            dl[s] = self.cdl[h]
+            if len(ip):
+                sel = torch.nonzero(hp == h).flatten()
+                if len(sel):
+                    dl[s] = self.cdl[h].expand(K, -1, -1, -1).index_add(0, ip[sel], dres[sel])
+        s = g.src_mlp(l)
+        if self.alive[s]:
+            x = self._gather([g.dest_mlp(l)], dl, K, pos)[0]
+            dl[s] = b.mlp(x, self.m.act) - self.a[s][:, pos]
+        return self._tail(l + 1, dl, K)
+
+    # ---- the sequential rule -----------------------------------------------------------------------
+    def run(self, order: list[tuple[int, int]]) -> MethodResult:
+        stages: list[list[tuple[int, int]]] = []
+        for k, s in order:
+            if stages and self._rank(stages[-1][-1][0]) == self._rank(k):
+                stages[-1].append((k, s))
+            else:
+                stages.append([(k, s)])
+        with torch.no_grad():
+            self.m_cur = None
+            for edges in stages:
+                self._setup(self._rank(edges[0][0]))
+                if self.m_cur is None:  # the full circuit's metric
+                    self.m_cur = self.evaluate(torch.zeros(1, len(self.recv), self.s0, dtype=self.ctx.dtype,
+                                                           device=self.ctx.device)).item()
+                self._stage(edges)
+        ctx = self.ctx
+        return MethodResult(self.scores, self.M.bool().cpu() & ctx.allowed.cpu(), self.passes,
+                            {"final_metric": self.m_cur, "candidates": self.candidates})
+
+    def _stage(self, edges):
+        thr = self.thr
+        pend = []
+        for k, s in edges:
+            if self.zero[s] or self._dead(k):  # removing it changes nothing: score exactly 0
+                self.scores[k, s] = 0.0
+                if 0.0 < thr:
+                    self._remove(k, s)
+            else:
+                pend.append((k, s))
+        n = len(pend)
+        if n == 0:
+            return
+        E = torch.zeros(n, len(self.recv), self.s0, dtype=self.ctx.dtype, device=self.ctx.device)
+        for i, (k, s) in enumerate(pend):
+            E[i, k - self.k0, s] = 1.0
+        pred = [False] * n  # guessed outcomes (True: removed); first "kept", then each edge's measured effect
+        pos = 0
+        while pos < n:
+            # a chain from the current state: candidate i removes edge i and every earlier edge of the chain
+            # guessed removed
+            e = E[pos:]
+            guess = pred[pos:]
+            gd = e * torch.tensor(guess, dtype=e.dtype, device=e.device)[:, None, None]
+            R = torch.cumsum(gd, 0) - gd + e
+            m_chain, used, accepted, i0, size = self.m_cur, None, [], 0, min(self.first, self.cap)
+            while i0 < n - pos and used is None:
+                mets = self.evaluate(R[i0:i0 + size]).tolist()
+                for i, mk in enumerate(mets, i0):
+                    if used is None:
+                        k, s = pend[pos + i]
+                        sc = mk - self.m_cur
+                        self.scores[k, s] = sc
+                        removed = sc < thr
+                        if removed:  # the state changes after the pass: the chain is relative to its start
+                            self.m_cur = mk
+                            accepted.append((k, s))
+                        if removed != guess[i]:
+                            used = i + 1
+                    else:  # beyond the first wrong guess: the effect measured in the chain is the next guess
+                        pred[pos + i] = mk - m_chain < thr
+                    if guess[i]:
+                        m_chain = mk
+                i0 += len(mets)
+                size = min(2 * size, self.cap)
+            for k, s in accepted:
+                self._remove(k, s)
+            pos += n - pos if used is None else used
 
 
 def _objective(ctx: TransformerPatchContext, name: str):
