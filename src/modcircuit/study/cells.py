@@ -136,7 +136,6 @@ def run_unit(unit: Unit) -> dict:
             parts.append(f"{metric[5:]} {run.metrics[metric]:.3g} in {run.timings['train_seconds']:.1f}s")
         run.model.eval()
         task = run.task()
-        compact_stats = None
         if unit.circuits:
             discover, evaluate = circuit_api()
         for cc in unit.circuits:

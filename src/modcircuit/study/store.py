@@ -15,10 +15,10 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..atomic import replace_dir, staging_dir, write_bytes
 from ..errors import ModcircuitError
 
 TABLES = ("runs", "circuits", "profiles")
@@ -64,37 +64,13 @@ def _json_default(o):
     raise TypeError(f"cannot store {type(o).__name__}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_dir(path: Path, files: dict[str, bytes]) -> None:
     """Write a folder of files under a temporary name and rename it into place (replacing any old one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = staging_dir(path)
     try:
         for name, data in files.items():
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+            write_bytes(tmp / name, data)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -194,7 +170,7 @@ class Store:
             if isinstance(content, dict):
                 atomic_write_dir(target, content)
             else:
-                atomic_write_bytes(target, content)
+                write_bytes(target, content)
 
     def commit(self, rows: dict[str, list[dict]]) -> None:
         """Insert rows of several tables in one transaction: all of them or none."""

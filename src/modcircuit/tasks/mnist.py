@@ -17,7 +17,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import write_bytes
 from ..errors import ModcircuitError
 from .base import Task, register_task
 
@@ -156,23 +156,6 @@ def _digests(data: bytes) -> tuple[int, str, str]:
     return len(data), hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest()  # noqa: S324
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def download_mnist(folder: str | os.PathLike, mirrors=None, timeout: float = 60.0) -> list[Path]:
     """Fetch the official archives that `folder` lacks; each is verified (size, SHA-256, MD5) before it lands."""
     folder = Path(folder).expanduser()
@@ -195,7 +178,7 @@ def download_mnist(folder: str | os.PathLike, mirrors=None, timeout: float = 60.
             if got != expected:
                 failures.append(f"{url}: checksum mismatch (bytes {got[0]}, sha256 {got[1][:12]}...)")
                 continue
-            _write_atomic(folder / name, data)
+            write_bytes(folder / name, data)
             fetched.append(folder / name)
             break
         else:

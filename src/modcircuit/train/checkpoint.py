@@ -7,15 +7,14 @@ every tensor, so a file whose JSON and tensors disagree is caught with the tenso
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic import replace_dir, staging_dir
 from ..errors import ModcircuitError
 from ..nn import model_from_config
 
@@ -47,22 +46,6 @@ class Run:
         return save(self, out_dir)
 
 
-def atomic_dir(out_dir: Path):
-    """A temporary sibling folder to write into; `commit_dir` renames it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-
-
-def commit_dir(tmp: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "x")
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
-
-
 def save(run: Run, out_dir) -> Path:
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
@@ -79,11 +62,11 @@ def save(run: Run, out_dir) -> Path:
         "history": run.history,
         "tensors": {k: list(v.shape) for k, v in state.items()},
     }
-    tmp = atomic_dir(out_dir)
+    tmp = staging_dir(out_dir)
     try:
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "model.json").write_text(json.dumps(meta, indent=1, default=_jsonable))
-        commit_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

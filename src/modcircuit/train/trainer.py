@@ -14,7 +14,7 @@ import torch
 from ..errors import ModcircuitError
 from ..tasks import Task, get_task
 from .checkpoint import Run
-from .config import TrainConfig, make_config
+from .config import make_config
 from .regimes import add_penalty_grad_, connection_cost, cost_factors, lam_at, penalty
 from .swap import relocate
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..errors import ModcircuitError
 from .network import draw
-from .save import publish, write_bytes_atomic
+from ..atomic import publish, write_bytes
 
 ANIMATION_FORMATS = (".gif", ".mp4")
 
@@ -91,7 +91,7 @@ class Recorder:
         if not self.frames:
             raise ModcircuitError("no animation frames were recorded; pass the Recorder as the training callback")
         if path.suffix.lower() == ".gif":
-            return write_bytes_atomic(path, self._gif_bytes(fps))
+            return write_bytes(path, self._gif_bytes(fps))
         return self._write_mp4(path, fps)
 
     def _gif_bytes(self, fps: float) -> bytes:

@@ -7,10 +7,9 @@ temporary sibling and renamed into place, so a failure never leaves half a file 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
+from ..atomic import write_bytes
 from ..errors import ModcircuitError
 
 FORMATS = (".png", ".svg", ".pdf", ".html")
@@ -51,33 +50,7 @@ def render(fig, fmt: str, dpi: int = 150) -> bytes:
     return buf.getvalue()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def publish(tmp, path: Path) -> None:
-    """Give a finished temporary file ordinary permissions (mkstemp makes it 0600) and rename it into place."""
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_figure(fig, path, dpi: int = 150) -> Path:
     """Write `fig` (matplotlib or plotly) to `path`; the extension picks the format."""
     fmt = output_format(path, interactive=_is_plotly(fig))
-    return write_bytes_atomic(Path(path), render(fig, fmt, dpi))
+    return write_bytes(Path(path), render(fig, fmt, dpi))

@@ -1,0 +1,56 @@
+"""Atomic writes: a file or folder appears whole or not at all, so a killed process never leaves a
+half-written checkpoint, circuit, figure or report behind. Partial names are `.<name>.tmp-*` (and
+`.<name>.old-*` while a folder is replaced), so a resumed study can sweep up after a killed writer."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def publish(tmp: str | Path, path: Path) -> None:
+    """Give a finished temporary file ordinary permissions and rename it into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files 0600; give the usual permissions
+    os.replace(tmp, path)
+
+
+def write_bytes(path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def staging_dir(final) -> Path:
+    """An empty temporary sibling of `final` to build a folder in; `replace_dir` moves it into place."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def replace_dir(tmp: Path, final) -> None:
+    """Rename the finished folder `tmp` to `final`, replacing an old one (never a mix of old and new)."""
+    final = Path(final)
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old / "x")
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
