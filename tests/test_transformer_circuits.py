@@ -181,3 +181,46 @@ def test_fast_acdc_with_an_interleaved_order_equals_reference():
         acdc_fast(TransformerPatchContext(m, x, xc, split_qkv=True), 0.02, order=list(reversed(edges)))
     with pytest.raises(ModcircuitError, match="exactly once"):
         acdc_fast(TransformerPatchContext(m, x, xc, split_qkv=True), 0.02, order=edges[1:])
+
+
+@pytest.mark.parametrize("n_layers,n_ctx,tokens,layernorm,split_qkv,ablation,metric,cap", [
+    (3, 4, True, True, True, "resample", "kl", 256),
+    (3, 2, False, True, False, "zero", "mse", 3),
+    (1, 3, True, False, True, "mean", "kl", 1),
+    (2, 1, True, True, True, "resample", "kl", 2),  # one position: q/k edges change nothing
+])
+@pytest.mark.parametrize("thr", [0.0, 0.01, 0.1])
+def test_fast_acdc_equals_reference_across_shapes(n_layers, n_ctx, tokens, layernorm, split_qkv, ablation, metric,
+                                                  cap, thr):
+    torch.manual_seed(n_layers * 10 + n_ctx)
+    kw = dict(n_layers=n_layers, d_model=12, n_heads=2, d_head=4, d_mlp=10, n_ctx=n_ctx, d_out=5, layernorm=layernorm)
+    if tokens:
+        m = GeometricTransformer(d_vocab=7, **kw)
+        x, xc = torch.randint(0, 7, (16, n_ctx)), torch.randint(0, 7, (16, n_ctx))
+    else:
+        m = GeometricTransformer(d_input=2, **kw)
+        x, xc = torch.randn(16, n_ctx, 2), torch.randn(16, n_ctx, 2)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 1:
+                p.add_(0.2 * torch.randn_like(p))
+    g = TransformerGraph.of(m, split_qkv)
+    gen = torch.Generator().manual_seed(1)
+    edges = list(g.acdc_order())
+
+    def rank(k):
+        l = g.dest_layer(k)
+        return 2 * l + (1 if k == g.dest_out or k == g.dest_mlp(l) else 0)
+    order = sorted([edges[i] for i in torch.randperm(len(edges), generator=gen).tolist()], key=lambda e: -rank(e[0]))
+
+    def ctx():
+        return TransformerPatchContext(m, x, xc if ablation == "resample" else None, metric=metric,
+                                       ablation=ablation, split_qkv=split_qkv)
+    for o in (None, order):
+        ref = acdc_plain(ctx(), thr, order=o)
+        fast = acdc_fast(ctx(), thr, order=o, max_candidates=cap)
+        assert torch.equal(ref.mask, fast.mask)
+        both = ~torch.isnan(ref.scores)
+        assert torch.equal(both, ~torch.isnan(fast.scores))
+        assert torch.allclose(ref.scores[both], fast.scores[both], atol=1e-10, rtol=0)
+        assert abs(ref.extra["final_metric"] - fast.extra["final_metric"]) < 1e-10

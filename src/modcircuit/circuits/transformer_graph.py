@@ -25,11 +25,11 @@ in float64 on a copy of the model. Outputs and metrics are taken at the last pos
 Methods (`discover_transformer(..., method=)`): acdc (fast), acdc-plain (reference), eap, eap-ig,
 magnitude, random, probing -- the same names, conventions (score per edge, higher = more important;
 ACDC keeps an edge when removing it worsens the metric by >= threshold) and objectives as the MLP ones.
-Fast ACDC: while receiver r is processed, every receiver before it in topological order is still
-complete, so all of r's sources have their clean values and removing edge (s -> r) just subtracts
-(h_s - a_s) from r's input; candidates are evaluated from r's layer onward only, batched (all
-remaining edges of r at once from the current state; after an accepted removal the rest is re-batched,
-which keeps ACDC's sequential rule exactly).
+Fast ACDC (`_StageACDC`): while a receiver is processed, every receiver read before it in the forward
+pass is still complete, so all its sources have their clean values and removing edge (s -> r) just
+subtracts (h_s - a_s) from r's input; candidates are evaluated from the receiver's layer onward only,
+per stage (the output, one layer's MLP, one layer's attention inputs) in batches of speculative chains
+that keep ACDC's sequential rule exactly.
 """
 from __future__ import annotations
 
@@ -412,7 +412,8 @@ def acdc_fast(ctx: TransformerPatchContext, threshold: float, max_candidates: in
     return _StageACDC(ctx, float(threshold), int(max_candidates)).run(_order(ctx, order))
 
 
-FIRST_CHUNK = 16  # a speculative chain is evaluated in chunks of 16, 32, ... candidates
+FIRST_CHUNK = 8  # a speculative chain is evaluated lazily in chunks of 8, 16, 32, ... candidates
+GROWTH = 2
 
 
 class _StageACDC:
@@ -433,10 +434,11 @@ class _StageACDC:
         into such a dead receiver, or from a source equal to its ablated value, scores exactly 0;
       * ACDC's sequential rule is kept exactly by speculation: a batch evaluates a chain of candidates, each
         built on guessed outcomes (removed / kept) of the stage's earlier edges; the outcomes are checked in
-        order and at the first wrong guess the rest of the chain is discarded. The first pass of a stage
-        guesses "kept" for everything, which measures every edge's individual effect; those effects are
-        the guesses of later chains (measured again after SWITCH wrong guesses). Results never depend on
-        the guesses, only the amount of work does.
+        order and at the first wrong guess the rest of the chain is discarded. A stage starts by guessing
+        "kept" for every edge; the effects measured in a chain beyond its first wrong guess become the
+        guesses of the next chain. Chains are evaluated lazily in growing chunks (state changes are applied
+        after a chain, every chunk is relative to the chain's start). Results never depend on the guesses,
+        only the amount of work does.
     """
 
     def __init__(self, ctx: TransformerPatchContext, thr: float, max_candidates: int):
@@ -457,6 +459,7 @@ class _StageACDC:
                     for W, bias in ((b.W_Q, b.b_Q), (b.W_K, b.b_K), (b.W_V, b.b_V))]
             self.W.append(proj + [b.W_O.view(-1, H, dh).permute(1, 2, 0).contiguous()])
         self._masks: dict = {}
+        self._live: dict = {}
 
     # ---- the stage's fixed quantities --------------------------------------------------------------
     def _rank(self, k: int) -> int:
@@ -481,7 +484,7 @@ class _StageACDC:
         self.alive = (self.M != 0).any(0).tolist()  # a source with an outgoing edge (only later ones decided)
         self.Ds = self.D[:s0]
         if self.kind == "attn":
-            self.dirty = set(range(H))
+            self.dirty, self.cur = set(range(H)), None
             self.cq, self.ck, self.cv, self.cres, self.cdl = [None] * H, [None] * H, [None] * H, [None] * H, [None] * H
             self.alive_heads = torch.tensor([self.alive[g.src_head(l, h)] for h in range(H)], device=self.ctx.device)
 
@@ -541,12 +544,15 @@ class _StageACDC:
         """Inputs [n, K, B, T', d] of later receivers: U_k + sum over live sources M[k, s] (live_s - a_s)."""
         idx = [k - self.k0 for k in dests]
         u = (self.U[idx] if len(idx) > 1 else self.U[idx[0]][None])[:, :, pos]  # [n, B, T', d]
-        Mk = self.M[dests]
-        srcs = [s for s in dl if bool((Mk[:, s] != 0).any())]
-        if not srcs:
+        if not dl:
             return u[:, None].expand(-1, K, -1, -1, -1)
-        live = torch.stack([dl[s][:, :, pos].expand(K, *u.shape[1:]) for s in srcs]).view(len(srcs), -1)
-        return torch.mm(Mk[:, srcs], live).view(len(dests), K, *u.shape[1:]).add_(u[:, None])
+        srcs = list(dl)
+        key = (tuple(srcs), pos.start, K)
+        live = self._live.get(key)
+        if live is None:  # the live sources stacked once per layer and position range
+            live = torch.stack([dl[s][:, :, pos].expand(K, *u.shape[1:]) for s in srcs]).view(len(srcs), -1)
+            self._live = {key: live}
+        return torch.mm(self.M[dests][:, srcs], live).view(len(dests), K, *u.shape[1:]).add_(u[:, None])
 
     def _layer(self, j: int, dl: dict, K: int):
         """Recompute layer j (after the stage's) for K candidates: dl maps source -> live - ablated [K|1, B, T', d]."""
@@ -581,11 +587,13 @@ class _StageACDC:
 
     # ---- candidate evaluation ----------------------------------------------------------------------
     def _refresh(self):
-        """Current projections and results of the stage layer's heads whose inputs changed."""
+        """Current projections and results of the stage layer's heads whose inputs changed; in the last layer
+        also the current inputs of the MLP and the output and the MLP's current value."""
         g, l = self.g, self.layer
         b = self.m.blocks[l]
-        nq = g.nq
-        pos = slice(-1, None) if l == g.n_layers - 1 else slice(None)
+        nq, H = g.nq, g.n_heads
+        last = l == g.n_layers - 1
+        pos = slice(-1, None) if last else slice(None)
         for h in sorted(self.dirty):
             x = b.norm1(torch.stack([self._u(g.dest_attn(l, h, c)) for c in range(nq)])[:, None])  # [nq, 1, B, T, d]
             xq, xk, xv = (x[0:1, :, :, pos], x[1:2], x[2:3]) if nq == 3 else (x[:, :, :, pos], x, x)
@@ -594,6 +602,97 @@ class _StageACDC:
             self.cres[h] = self._attend(l, [h], q, k, v)[0, 0]
             self.cdl[h] = self.cres[h][None] - self.a[g.src_head(l, h)][:, pos]
         self.dirty.clear()
+        self._live = {}
+        self.cur = [torch.stack(t) for t in (self.cq, self.ck, self.cv, self.cres)]
+        if last:  # x_mlp, mlp - a and x_out of the current circuit at the last position
+            dl = {g.src_head(l, h): self.cdl[h] for h in range(H) if self.alive[g.src_head(l, h)]}
+            s = g.src_mlp(l)
+            self.cx_mlp = self._gather([g.dest_mlp(l)], dl, 1, pos)[0] if self.alive[s] else None
+            if self.alive[s]:
+                dl[s] = b.mlp(self.cx_mlp, self.m.act) - self.a[s][:, pos]
+                self.cdl_mlp = dl[s]
+            self.cx_out = self._gather([g.dest_out], dl, 1, pos)[0]
+            srcs = torch.tensor([g.src_head(l, h) for h in range(H)], device=self.ctx.device)
+            self.w_mlp = self.M[g.dest_mlp(l), srcs]  # [H]: weights of the heads' edges into the MLP and output
+            self.w_out = self.M[g.dest_out, srcs]
+            self.w_out_mlp = float(self.M[g.dest_out, s])
+            self._live = {}
+        if not hasattr(self, "_Wall") or self._Wall[0] != l:
+            Wt = torch.stack([self.W[l][c][0] for c in range(3)], 1).view(H * 3, *self.W[l][0][0].shape[1:])
+            bias = torch.stack([self.W[l][c][1] for c in range(3)], 1).view(H * 3, 1, -1)
+            self._Wall = (l, Wt, bias)
+
+    def _attn_eval(self, R: torch.Tensor, K: int) -> torch.Tensor:
+        g, l = self.g, self.layer
+        b = self.m.blocks[l]
+        H, nq = g.n_heads, g.nq
+        last = l == g.n_layers - 1
+        pos = slice(-1, None) if last else slice(None)
+        if self.dirty or self.cur is None:
+            self._refresh()
+        changed = R.ne(0).any(-1)  # [K, H * nq]
+        pairs = changed.view(K, H, nq).any(-1) & self.alive_heads  # [K, H]: candidate changes head
+        ip, hp = torch.nonzero(pairs, as_tuple=True)
+        P = len(ip)
+        if P:
+            qkv = [t[hp] for t in self.cur[:3]]  # [P, B, T', dh]: the current projections, changed below
+            # every (pair, q/k/v input) the candidate changes, all at once
+            if nq == 3:
+                pe, ce = torch.nonzero(changed.view(K, H, 3)[ip, hp], as_tuple=True)
+                je = hp[pe] * 3 + ce
+            else:
+                pe = torch.arange(P, device=ip.device)
+                je = hp
+            Rj = R[ip[pe], je]  # [n, s0]
+            Ds = self.Ds
+            x = torch.mm(Rj, Ds.reshape(Ds.shape[0], -1)).view(len(pe), *Ds.shape[1:]).neg_().add_(self.U[je])
+            xn = b.norm1(x).view(len(pe), -1, x.shape[-1])  # [n, B*T, d]
+            _, Wt, bias = self._Wall
+            T = x.shape[2]
+            for c in range(3):
+                if nq == 3:
+                    sel = torch.nonzero(ce == c).flatten()
+                    if len(sel) == 0:
+                        continue
+                    w = hp[pe[sel]] * 3 + c
+                    xs = xn[sel]
+                    dst = pe[sel]
+                else:
+                    w, xs, dst = hp * 3 + c, xn, pe
+                y = torch.baddbmm(bias[w], xs, Wt[w]).view(len(dst), x.shape[1], T, -1)
+                qkv[c][dst] = y[:, :, pos] if c == 0 else y
+            dres = self._attend(l, hp, *(t[:, None] for t in qkv))[:, 0] - self.cur[3][hp]  # [P, B, Tq, d]
+        if last:
+            return self._last_tail(K, ip, hp, dres if P else None)
+        dl: dict = {}
+        for h in range(H):
+            s = g.src_head(l, h)
+            if not self.alive[s]:
+                continue
+            dl[s] = self.cdl[h]
+            if P:
+                sel = torch.nonzero(hp == h).flatten()
+                if len(sel):
+                    dl[s] = self.cdl[h].expand(K, -1, -1, -1).index_add(0, ip[sel], dres[sel])
+        s = g.src_mlp(l)
+        if self.alive[s]:
+            x = self._gather([g.dest_mlp(l)], dl, K, pos)[0]
+            dl[s] = b.mlp(x, self.m.act) - self.a[s][:, pos]
+        return self._tail(l + 1, dl, K)
+
+    def _last_tail(self, K: int, ip, hp, dres) -> torch.Tensor:
+        """Last layer: the candidates' MLP and output inputs are the current ones plus the changed heads'
+        result changes along their edges (at the last position)."""
+        g, l = self.g, self.layer
+        x_out = self.cx_out.expand(K, -1, -1, -1)
+        if dres is not None:
+            x_out = x_out.index_add(0, ip, dres * self.w_out[hp][:, None, None, None])
+            if self.cx_mlp is not None:
+                x_mlp = self.cx_mlp.expand(K, -1, -1, -1).index_add(0, ip, dres * self.w_mlp[hp][:, None, None, None])
+                s = g.src_mlp(l)
+                dm = self.m.blocks[l].mlp(x_mlp, self.m.act) - self.a[s][:, -1:] - self.cdl_mlp
+                x_out = x_out + self.w_out_mlp * dm
+        return self.ctx.metric(self.m.unembed(x_out)[..., -1, :])
 
     def _removed(self, R: torch.Tensor, j: int, rows, pos: slice) -> torch.Tensor:
         """Inputs [n, B, T', d] of stage receiver j for candidates `rows`: U_j - sum_s R[row, j, s] (h_s - a_s)."""
@@ -608,6 +707,7 @@ class _StageACDC:
         K = R.shape[0]
         self.passes += 1
         self.candidates += K
+        self._live = {}
         if self.kind == "out":
             x = self._removed(R, 0, None, slice(-1, None))
             return self.ctx.metric(self.m.unembed(x)[..., -1, :])
@@ -618,46 +718,7 @@ class _StageACDC:
             s = g.src_mlp(l)
             dl[s] = b.mlp(self._removed(R, 0, None, pos), self.m.act) - self.a[s][:, pos]
             return self._tail(l + 1, dl, K)
-        H, nq = g.n_heads, g.nq
-        if self.dirty:
-            self._refresh()
-        changed = R.ne(0).any(-1)  # [K, H * nq]
-        pairs = changed.view(K, H, nq).any(-1) & self.alive_heads  # [K, H]: candidate changes head
-        ip, hp = torch.nonzero(pairs, as_tuple=True)
-        if len(ip):
-            cq, ck, cv = torch.stack(self.cq), torch.stack(self.ck), torch.stack(self.cv)
-            qkv = [cq[hp], ck[hp], cv[hp]]  # [P, B, T', dh]: the current projections, changed below
-            hl = hp.tolist()
-            for h in sorted(set(hl)):
-                for c in range(nq):
-                    j = h * nq + c
-                    sel = torch.nonzero((hp == h) & changed[ip, j]).flatten()
-                    if len(sel) == 0:
-                        continue
-                    rows = ip[sel]
-                    if nq == 3:
-                        xn = b.norm1(self._removed(R, j, rows, pos if c == 0 else slice(None)))
-                        qkv[c][sel] = self._project(l, c, [h], xn[None])[0]
-                    else:
-                        xn = b.norm1(self._removed(R, j, rows, slice(None)))
-                        qkv[0][sel] = self._project(l, 0, [h], xn[None, :, :, pos])[0]
-                        qkv[1][sel] = self._project(l, 1, [h], xn[None])[0]
-                        qkv[2][sel] = self._project(l, 2, [h], xn[None])[0]
-            dres = self._attend(l, hp, *(t[:, None] for t in qkv))[:, 0] - torch.stack(self.cres)[hp]  # [P, B, Tq, d]
-        for h in range(H):
-            s = g.src_head(l, h)
-            if not self.alive[s]:
-                continue
-            dl[s] = self.cdl[h]
-            if len(ip):
-                sel = torch.nonzero(hp == h).flatten()
-                if len(sel):
-                    dl[s] = self.cdl[h].expand(K, -1, -1, -1).index_add(0, ip[sel], dres[sel])
-        s = g.src_mlp(l)
-        if self.alive[s]:
-            x = self._gather([g.dest_mlp(l)], dl, K, pos)[0]
-            dl[s] = b.mlp(x, self.m.act) - self.a[s][:, pos]
-        return self._tail(l + 1, dl, K)
+        return self._attn_eval(R, K)
 
     # ---- the sequential rule -----------------------------------------------------------------------
     def run(self, order: list[tuple[int, int]]) -> MethodResult:
@@ -723,7 +784,7 @@ class _StageACDC:
                     if guess[i]:
                         m_chain = mk
                 i0 += len(mets)
-                size = min(2 * size, self.cap)
+                size = min(GROWTH * size, self.cap)
             for k, s in accepted:
                 self._remove(k, s)
             pos += n - pos if used is None else used
