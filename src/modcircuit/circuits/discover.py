@@ -15,7 +15,9 @@ from .patching import PatchContext, check_choice, check_threshold
 
 
 def task_metric(task: Task) -> str:
-    return "kl" if task.kind == "classification" else "mse"
+    """KL compares softmax distributions, which is meaningful only when the outputs are logits (a
+    cross-entropy task). Regression and MSE-to-one-hot tasks (MNIST as in BIMT) compare outputs by MSE."""
+    return "kl" if task.loss == "ce" else "mse"
 
 
 def resolve_data(model, data, corrupt=None, labels=None, *, split: str = "test", n: int | None = None,

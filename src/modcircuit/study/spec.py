@@ -6,6 +6,8 @@
     seeds = [0, 1]
     methods = ["acdc", "eap"]
     thresholds = [0.01]          # and/or edge_counts = [20, 50] (top-k circuits)
+    [method_selection.eap]       # per-method selections replace the global ones for that method
+    edge_counts = [20, 100]      # (score-only methods compare best at matched circuit sizes)
     ablation = "resample"        # resample | zero | mean
     metric = "default"           # the task's default metric, or a metric name discover() accepts
     task_fallbacks = {mnist = "digits"}   # use digits when mnist cannot be built (no IDX files)
@@ -53,6 +55,35 @@ class ProfileSpec(BaseModel):
     throughput_repeats: int = Field(20, ge=3)
 
 
+def _check_thresholds(v):
+    for t in v:
+        if not math.isfinite(t) or t < 0:
+            raise ModcircuitError(f"threshold {t!r} must be a finite number >= 0")
+    return _unique("thresholds", v)
+
+
+def _check_edge_counts(v):
+    for k in v:
+        if k < 1:
+            raise ModcircuitError(f"edge count {k!r} must be >= 1")
+    return _unique("edge_counts", v)
+
+
+class Selection(BaseModel):
+    """How one method's circuits are cut: by score threshold and/or as top-k edge counts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    thresholds: list[float] = Field(default_factory=list)
+    edge_counts: list[int] = Field(default_factory=list)
+
+    _thresholds = field_validator("thresholds")(classmethod(lambda cls, v: _check_thresholds(v)))
+    _edge_counts = field_validator("edge_counts")(classmethod(lambda cls, v: _check_edge_counts(v)))
+
+    def pairs(self) -> list[tuple[float | None, int | None]]:
+        return [(t, None) for t in self.thresholds] + [(None, k) for k in self.edge_counts]
+
+
 class StudySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,6 +95,7 @@ class StudySpec(BaseModel):
     methods: list[str] = Field(min_length=1)
     thresholds: list[float] = Field(default_factory=lambda: [0.01])
     edge_counts: list[int] = Field(default_factory=list)
+    method_selection: dict[str, Selection] = Field(default_factory=dict)
     metric: str | None = None
     ablation: str = "resample"
     curves: bool = True
@@ -109,21 +141,8 @@ class StudySpec(BaseModel):
                 raise choice_error("method", m, METHODS)
         return _unique("methods", v)
 
-    @field_validator("thresholds")
-    @classmethod
-    def _thresholds(cls, v):
-        for t in v:
-            if not math.isfinite(t) or t < 0:
-                raise ModcircuitError(f"threshold {t!r} must be a finite number >= 0")
-        return _unique("thresholds", v)
-
-    @field_validator("edge_counts")
-    @classmethod
-    def _edge_counts(cls, v):
-        for k in v:
-            if k < 1:
-                raise ModcircuitError(f"edge count {k!r} must be >= 1")
-        return _unique("edge_counts", v)
+    _thresholds = field_validator("thresholds")(classmethod(lambda cls, v: _check_thresholds(v)))
+    _edge_counts = field_validator("edge_counts")(classmethod(lambda cls, v: _check_edge_counts(v)))
 
     @field_validator("ablation")
     @classmethod
@@ -145,8 +164,13 @@ class StudySpec(BaseModel):
 
     @model_validator(mode="after")
     def _cross(self):
-        if not self.thresholds and not self.edge_counts:
-            raise ModcircuitError("a study needs at least one of thresholds or edge_counts")
+        for m, sel in self.method_selection.items():
+            if m not in self.methods:
+                raise ModcircuitError(f"[method_selection.{m}] names a method that is not in methods; methods: "
+                                      f"{', '.join(self.methods)}")
+        for m in self.methods:
+            if not self.selection(m).pairs():
+                raise ModcircuitError(f"method {m!r} has no thresholds or edge_counts to cut its circuits with")
         from ..tasks import task_names
 
         for table, mapping in (("task_train", self.task_train), ("task_options", self.task_options),
@@ -162,6 +186,9 @@ class StudySpec(BaseModel):
         return self
 
     # ---- derived --------------------------------------------------------------------------
+    def selection(self, method: str) -> Selection:
+        return self.method_selection.get(method) or Selection(thresholds=self.thresholds, edge_counts=self.edge_counts)
+
     def results_path(self) -> Path:
         return Path(self.results) if self.results else Path("results") / f"{self.name}.duckdb"
 
@@ -200,7 +227,7 @@ def _pydantic_error(e: ValidationError, source: str) -> ModcircuitError:
     if isinstance(ctx_err, ModcircuitError):
         return ModcircuitError(f"{source}: {ctx_err}")
     if err["type"] == "extra_forbidden":
-        parent = StudySpec if len(err["loc"]) == 1 else ProfileSpec
+        parent = {1: StudySpec}.get(len(err["loc"])) or (Selection if err["loc"][0] == "method_selection" else ProfileSpec)
         allowed = ", ".join(sorted(parent.model_fields))
         return ModcircuitError(f"{source}: unknown key {loc!r}; allowed: {allowed}")
     if err["type"] == "missing":
@@ -345,7 +372,6 @@ def plan(spec: StudySpec) -> Plan:
 
     used, subs = resolve_tasks(spec)
     runs, circuits, profiles = [], [], []
-    selections = [(t, None) for t in spec.thresholds] + [(None, k) for k in spec.edge_counts]
     for named in spec.tasks:
         t = used[named]
         opts = dict(spec.task_options.get(named, {})) if t == named else {}
@@ -360,7 +386,7 @@ def plan(spec: StudySpec) -> Plan:
                 rc = RunCell(task=t, task_options=opts, regime=regime, seed=seed, overrides=overrides, config=cfg)
                 runs.append(rc)
                 for m in spec.methods:
-                    for thr, k in selections:
+                    for thr, k in spec.selection(m).pairs():
                         circuits.append(CircuitCell(rc.key, m, thr, k, spec.metric, spec.ablation, spec.curves))
                 if spec.profile.enabled:
                     p = spec.profile
