@@ -367,6 +367,7 @@ def resolve_tasks(spec: StudySpec) -> tuple[dict[str, str], dict[str, str]]:
 
 def plan(spec: StudySpec) -> Plan:
     """Every cell of the study, in a stable order (task, regime, seed; then methods, selections)."""
+    from ..circuits.discover import task_metric
     from ..tasks import get_task
     from ..train.config import make_config
 
@@ -377,9 +378,11 @@ def plan(spec: StudySpec) -> Plan:
         opts = dict(spec.task_options.get(named, {})) if t == named else {}
         overrides = {**spec.train, **spec.task_train.get(named, {}), "device": spec.device}
         try:
-            defaults = get_task(t, seed=spec.seeds[0], **opts).defaults
+            task = get_task(t, seed=spec.seeds[0], **opts)
         except TypeError as e:
             raise ModcircuitError(f"[task_options.{named}]: {e}") from None
+        defaults = task.defaults
+        metric = spec.metric or task_metric(task)  # resolved here so it is part of each circuit cell's key
         for regime in spec.regimes:
             for seed in spec.seeds:
                 cfg = make_config(defaults, {**overrides, "regime": regime, "seed": seed}).model_dump()
@@ -387,7 +390,7 @@ def plan(spec: StudySpec) -> Plan:
                 runs.append(rc)
                 for m in spec.methods:
                     for thr, k in spec.selection(m).pairs():
-                        circuits.append(CircuitCell(rc.key, m, thr, k, spec.metric, spec.ablation, spec.curves))
+                        circuits.append(CircuitCell(rc.key, m, thr, k, metric, spec.ablation, spec.curves))
                 if spec.profile.enabled:
                     p = spec.profile
                     profiles.append(ProfileCell(rc.key, p.latency_repeats, p.throughput_batch, p.throughput_repeats,
