@@ -64,6 +64,7 @@ def test_nan_stops_with_a_clear_message():
 @pytest.mark.parametrize("override,match", [
     (dict(lr=-1.0), "lr=-1.0"), (dict(lr="abc"), "lr='abc'"), (dict(top_k=0), "top_k=0"),
     (dict(agg="median"), "agg='median'"), (dict(lam_schedule=[[2.0, 1.0]]), "lam_schedule"),
+    (dict(device="gpu0"), "device='gpu0'.*cuda:N"),
     (dict(widths=[3, 20, 2]), r"widths \[3, 20, 2\] do not fit task two-moons"), (dict(unknown_key=1), "unknown_key"),
 ])
 def test_bad_hyperparameters_are_named(override, match):

@@ -40,6 +40,15 @@ class TrainConfig(BaseModel):
             raise choice_error("regime", v, REGIMES)
         return v
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        import re
+
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
+            raise ValueError("allowed: cpu, cuda, cuda:N, mps")
+        return v
+
     @field_validator("lam_schedule")
     @classmethod
     def _schedule(cls, v):
