@@ -9,7 +9,8 @@ use_attn_result / use_split_qkv_input / hook_mlp_in), the same clean and corrupt
 ablation) and the same edge graph (embed / heads / MLPs -> q, k, v of each head, MLPs, output).
 
 ACDC: auto-circuit's `acdc_prune_scores` with one threshold per call (tao_exps=[e], tao_bases=[b]); its
-circuit is the edges never removed (score inf). Ours: `method="acdc"` at the same threshold, KL to the
+circuit is the edges never removed (score inf). Times are medians of --repeats runs on both sides, each
+ours including its whole setup (model copy, clean and corrupted source outputs). Ours: `method="acdc"` at the same threshold, KL to the
 model at the last position, run twice: in auto-circuit's edge order (receivers sorted by layer only,
 edges within a layer in its set order; our fast ACDC accepts any such order) and in our default order.
 EAP: auto-circuit's `mask_gradient_prune_scores(grad_function="logit", answer_function="avg_diff",
@@ -155,7 +156,7 @@ def main():
         def theirs():
             with torch.no_grad():
                 return acdc_prune_scores(pm, dl, None, tao_exps=[int(exp)], tao_bases=[float(mant)])
-        ps, t_ac, _ = timed(theirs, 1)
+        ps, t_ac, _ = timed(theirs, args.repeats)  # median of the same number of runs as ours
         ac_kept = {names[e] for e in edges if torch.isinf(ps[e.dest.module_name][e.patch_idx])}
         c, t_ours, _ = timed(lambda: discover_transformer(model, clean, corrupt, method="acdc", threshold=thr,
                                                           metric="kl", split_qkv=True, order=ac_order, dtype=dtype),
