@@ -224,3 +224,40 @@ def test_fast_acdc_equals_reference_across_shapes(n_layers, n_ctx, tokens, layer
         assert torch.equal(both, ~torch.isnan(fast.scores))
         assert torch.allclose(ref.scores[both], fast.scores[both], atol=1e-10, rtol=0)
         assert abs(ref.extra["final_metric"] - fast.extra["final_metric"]) < 1e-10
+
+
+@pytest.mark.parametrize("split_qkv", [False, True])
+@pytest.mark.parametrize("ablation", ["resample", "zero", "mean"])
+@pytest.mark.parametrize("objective", ["recovered", "logit-diff"])
+def test_eap_from_the_model_forward_equals_the_masked_run_gradients(split_qkv, ablation, objective):
+    # EAP takes its gradients from the model's own forward pass (every destination's input a separate node);
+    # the reference takes them from the masked forward pass with every edge live, recording each input
+    from modcircuit.circuits.transformer_graph import _objective
+
+    m, x, xc = tiny(seed=5)
+    xc = xc if ablation == "resample" else None
+    ref_ctx = TransformerPatchContext(m, x, xc, ablation=ablation, split_qkv=split_qkv)
+    obj = _objective(ref_ctx, objective)
+    rec: dict = {}
+    with torch.enable_grad():
+        emb = ref_ctx.D[:1].clone().requires_grad_(True)
+        obj(ref_ctx.run(ref_ctx.full_mask().double(), prefix=emb, record=rec)).sum().backward()
+    g = ref_ctx.graph
+    ref = torch.full((g.n_dest, g.n_src), float("nan"), dtype=torch.float64)
+    diff = (ref_ctx.a[:, 0] - ref_ctx.h[:, 0]).expand(g.n_src, *ref_ctx.h.shape[2:])
+    for dests, xin in rec.items():
+        for i, k in enumerate(dests):
+            gk = xin.grad[0, :, :, i]  # [B, T', d]
+            for s in range(g.dest_n_src(k)):
+                ref[k, s] = (gk * diff[s][:, diff.shape[2] - gk.shape[1]:]).sum()
+    for fresh in (True, False):  # clean source outputs taken from EAP's pass, or computed before it
+        ctx = TransformerPatchContext(m, x, xc, ablation=ablation, split_qkv=split_qkv)
+        if not fresh:
+            ctx.h
+        est = eap_signed(ctx, objective=objective)
+        assert torch.equal(torch.isnan(est), torch.isnan(ref))
+        both = ~torch.isnan(ref)
+        assert torch.allclose(est[both], ref[both], atol=1e-12, rtol=0)
+        assert ref[both].abs().max() > 1e-3
+        assert (ctx.h - ref_ctx.h).abs().max().item() < 1e-12 and (ctx.a - ref_ctx.a).abs().max().item() < 1e-12
+        assert (ctx.target - ref_ctx.target).abs().max().item() < 1e-12

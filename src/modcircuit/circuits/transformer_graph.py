@@ -39,6 +39,7 @@ import math
 import os
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,6 +165,32 @@ class TransformerGraph:
 
 
 # ---- patching ------------------------------------------------------------------------------------
+_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _signature(model) -> tuple:
+    """What a copy of model depends on: its configuration and every tensor's identity, storage and version
+    counter (an in-place update, e.g. an optimiser step or a swap, bumps the version)."""
+    ts = list(model.parameters()) + list(model.buffers())
+    return (repr(model.config()), model.training,
+            tuple((id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device) for t in ts))
+
+
+def _model_copy(model: GeometricTransformer, dtype) -> GeometricTransformer:
+    """An eval-mode copy of model in dtype without gradients, shared by contexts while neither the model nor
+    the copy has changed (deep-copying a module costs milliseconds, a sizeable part of a fast EAP run)."""
+    key = (dtype, str(next(model.parameters()).device))
+    entry = _COPIES.get(model, {}).get(key)
+    sig = _signature(model)
+    if entry is not None and entry[0] == sig and _signature(entry[1]) == entry[2]:
+        return entry[1]
+    m = copy.deepcopy(model).to(dtype).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    _COPIES.setdefault(model, {})[key] = (sig, m, _signature(m))
+    return m
+
+
 class TransformerPatchContext:
     """A float64 copy of the model, the clean source outputs h [n_src, 1, B, T, d], the ablated ones
     a [n_src, 1, B|1, T, d], the model's output (target), and the masked forward pass.
@@ -180,9 +207,7 @@ class TransformerPatchContext:
         if ablation not in ABLATIONS:
             raise choice_error("ablation", ablation, ABLATIONS)
         self.metric_name, self.ablation, self.dtype = metric, ablation, dtype
-        self.model = copy.deepcopy(model).to(dtype).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = _model_copy(model, dtype)
         self.device = self.model.W_E.device
         self.graph = TransformerGraph.of(model, split_qkv)
         self.allowed = self.graph.allowed.to(self.device)
@@ -197,28 +222,61 @@ class TransformerPatchContext:
                 raise ModcircuitError(f"corrupt has shape {tuple(corrupt.shape)}, clean {tuple(clean.shape)}; they must match")
         self.clean, self.corrupt, self.labels = clean, corrupt, labels
         self.forward_passes = 0
-        g = self.graph
-        # constants of the residual stream per destination: the attention biases written before it
-        d = self.model.d_model
-        self.const = torch.zeros(g.n_dest, d, dtype=dtype, device=self.device)
-        for k in range(g.n_dest):  # attention of layer j writes b_O before destination k reads?
-            l = g.dest_layer(k)
-            n_b = l + 1 if (k != g.dest_out and k == g.dest_mlp(l)) else l
-            for j in range(n_b):
-                self.const[k] += self.model.blocks[j].b_O
-        with torch.no_grad():
-            self.h, out = self.source_outputs(clean)
-            self.target = out
-            if ablation == "resample":
-                self.a, self.corrupt_out = self.source_outputs(corrupt)
-            elif ablation == "zero":
-                self.a = torch.zeros(g.n_src, 1, 1, *self.h.shape[3:], dtype=dtype, device=self.device)
-            else:
-                if means is None:
-                    means = self.h.mean(2, keepdim=True)
-                self.a = means.to(self.device, dtype).reshape(g.n_src, 1, 1, *self.h.shape[3:])
-            self._prepare()
+        self._means = means
+        with torch.no_grad():  # checks the inputs fit the model (the runs themselves happen on first use)
+            self._emb = self.embed(clean), (self.embed(corrupt) if ablation == "resample" else None)
+        self._h = self._a = self._target = self._corrupt_out = None
+        self._D = self._base = None
+        self._cache: dict = {}
         self.forward_passes = 0
+
+    # the clean and ablated source outputs and the model's outputs, computed on first use (EAP computes
+    # the clean ones in its own forward pass with gradients, see _full_circuit_grads)
+    @property
+    def h(self) -> torch.Tensor:
+        if self._h is None:
+            self._sources()
+        return self._h
+
+    @property
+    def target(self) -> torch.Tensor:
+        if self._target is None:
+            self._sources()
+        return self._target
+
+    @property
+    def a(self) -> torch.Tensor:
+        if self._a is None:
+            self._sources()
+        return self._a
+
+    @property
+    def corrupt_out(self) -> torch.Tensor | None:
+        if self.ablation == "resample" and self._corrupt_out is None:
+            self._sources()
+        return self._corrupt_out
+
+    def _sources(self, clean_done: bool = False) -> None:
+        """h and target (unless clean_done: already set), then a (and corrupt_out)."""
+        g = self.graph
+        e, ec = self._emb
+        with torch.no_grad():
+            if self.ablation == "resample" and not clean_done:  # clean and corrupted inputs in one pass
+                h, out = self.source_outputs(None, torch.cat([e, ec]))
+                B = len(e)
+                self._h, self._target = h[:, :, :B].contiguous(), out[:B]
+                self._a, self._corrupt_out = h[:, :, B:].contiguous(), out[B:]
+                return
+            if not clean_done:
+                self._h, self._target = self.source_outputs(None, e)
+            shape = self._h.shape[3:]
+            if self.ablation == "resample":
+                self._a, self._corrupt_out = self.source_outputs(None, ec)
+            elif self.ablation == "zero":
+                self._a = torch.zeros(g.n_src, 1, 1, *shape, dtype=self.dtype, device=self.device)
+            else:
+                means = self._h.mean(2, keepdim=True) if self._means is None else self._means
+                self._a = means.to(self.device, self.dtype).reshape(g.n_src, 1, 1, *shape)
 
     @property
     def batch(self) -> int:
@@ -228,15 +286,21 @@ class TransformerPatchContext:
     def means(self):
         return self.a.cpu() if self.ablation == "mean" else None
 
-    def source_outputs(self, x):
-        """Every source's output in the full model on x: [n_src, 1, B, T, d], and the output [B, d_out]."""
-        m = self.model
+    def embed(self, x) -> torch.Tensor:
+        """The model's embedding of inputs x [B, T, d] in the context's dtype."""
         try:
-            e = m.embed(x).to(self.dtype)
+            return self.model.embed(x).to(self.dtype)
         except ModcircuitError:
             raise
         except (RuntimeError, IndexError) as err:
             raise ModcircuitError(f"inputs of shape {tuple(x.shape)} do not fit the model: {str(err).splitlines()[0]}")
+
+    def source_outputs(self, x, e: torch.Tensor | None = None):
+        """Every source's output in the full model on x (or from its embedding e): [n_src, 1, B, T, d], and
+        the output [B, d_out]."""
+        m = self.model
+        if e is None:
+            e = self.embed(x)
         outs, resid = [e], e
         for b in m.blocks:
             res = b.head_results(b.head_z(resid))  # [B, T, H, d]
@@ -247,14 +311,37 @@ class TransformerPatchContext:
             resid = resid + mo
         return torch.stack(outs)[:, None], m.unembed(resid)[:, -1]
 
-    def _prepare(self) -> None:
-        """D = h - a per source; base_k = const_k + sum of the ablated values of k's sources."""
+    @property
+    def const(self) -> torch.Tensor:
+        """Constants of the residual stream per destination [n_dest, d]: the attention biases b_O written
+        before it is read."""
         g = self.graph
-        self.D = self.h - self.a
+        bO = torch.stack([b.b_O for b in self.model.blocks])
+        cum = torch.cat([torch.zeros_like(bO[:1]), bO.cumsum(0)])  # cum[n] = b_O of layers < n
+        n_b = [g.dest_layer(k) + (1 if (k != g.dest_out and k == g.dest_mlp(g.dest_layer(k))) else 0)
+               for k in range(g.n_dest)]
+        return cum[torch.tensor(n_b, device=self.device)]
+
+    @property
+    def D(self) -> torch.Tensor:
+        """h - a per source [n_src, 1, B, T, d] (computed on first use)."""
+        if self._D is None:
+            self._prepare()
+        return self._D
+
+    @property
+    def base(self) -> torch.Tensor:
+        """const_k + sum of the ablated values of k's sources [n_dest, 1, B|1, T, d] (computed on first use)."""
+        if self._base is None:
+            self._prepare()
+        return self._base
+
+    def _prepare(self) -> None:
+        self._D = self.h - self.a
         A = self.allowed.to(self.dtype)
         base = torch.einsum("ks,sKbtd->kKbtd", A, self.a.expand(-1, -1, -1, self.h.shape[3], -1))
-        self.base = base + self.const[:, None, None, None, :]  # [n_dest, 1, B|1, T, d]
-        self._cache: dict = {}
+        self._base = base + self.const[:, None, None, None, :]
+        self._cache = {}
 
     def inputs(self, M: torch.Tensor, dests: list[int], prefix: torch.Tensor | None = None,
                new: list[torch.Tensor] = (), last_only: bool = False) -> torch.Tensor:
@@ -810,14 +897,71 @@ def _objective(ctx: TransformerPatchContext, name: str):
     return obj
 
 
+def _full_circuit_eap(ctx: TransformerPatchContext, objective: str) -> torch.Tensor:
+    """EAP without interpolation: <g_k, a_s - h_s> [n_dest, n_src] with g_k the objective's gradient at
+    destination k's input, every edge live.
+
+    With every edge live each destination reads the clean residual stream at its place (const_k + the sum
+    of its sources' clean outputs), so the gradients come from the model's own forward pass on the clean
+    inputs with every destination's input a separate node (a head's q, k, v inputs as expanded views of the
+    stream, the MLP's and the output's as views): one forward and one backward pass. When the context's
+    clean source outputs are not computed yet they are taken from this pass (only the ablated ones need a
+    run of their own)."""
+    g, m = ctx.graph, ctx.model
+    H, nq = g.n_heads, g.nq
+    fresh = ctx._h is None
+    nodes, dests, outs = [], [], []  # destination input nodes, their destination indices; source outputs
+    with torch.enable_grad():
+        resid = ctx._emb[0].clone().requires_grad_(True)  # the clean embedding
+        outs.append(resid)
+        B, T, d = resid.shape
+        for l, b in enumerate(m.blocks):
+            xa = [resid[:, :, None, :].expand(B, T, H, d) for _ in range(nq)]  # q, k, v inputs [B, T, H, d]
+            res = b.head_results(b.head_z(*xa))
+            outs.append(res)
+            resid = resid + res.sum(2) + b.b_O
+            xm = resid.view_as(resid)  # a separate node: only the MLP reads it
+            mo = b.mlp(xm, m.act)
+            outs.append(mo)
+            resid = resid + mo
+            nodes += xa + [xm]
+            dests += [g.dest_attn(l, 0, 0), g.dest_mlp(l)]
+        xo = resid[:, -1:]  # the output reads the last position only
+        nodes.append(xo)
+        dests.append(g.dest_out)
+        out = m.unembed(xo)[:, -1]
+        if fresh:
+            with torch.no_grad():
+                ctx._h = torch.cat([t.detach().reshape(B, T, -1, d).permute(2, 0, 1, 3) for t in outs])[:, None]
+                ctx._target = out.detach()
+            ctx._sources(clean_done=True)
+        obj = _objective(ctx, objective)
+        grads = torch.autograd.grad(obj(out[None]).sum(), nodes)
+    diff = ctx.a[:, 0] - ctx.h[:, 0]  # [n_src, B|1, T, d]
+    eff = torch.empty(g.n_dest, g.n_src, dtype=ctx.dtype, device=ctx.device)
+    grads = list(grads)
+    for k in dests:
+        if k == g.dest_out or k == g.dest_mlp(g.dest_layer(k)):
+            gx, n = grads.pop(0)[:, :, None], 1  # [B, T', 1, d]
+        else:  # the layer's q, k, v inputs [B, T, H, d] -> destinations in order (head, then q/k/v)
+            gx, grads, n = torch.stack(grads[:nq], 3), grads[nq:], H * nq
+        Tg = gx.shape[1]
+        gk = gx.reshape(B, Tg, n, d).permute(2, 0, 1, 3).reshape(n, -1)
+        eff[k:k + n] = gk @ diff[:, :, T - Tg:].expand(-1, B, -1, -1).reshape(g.n_src, -1).T
+    return eff
+
+
 def eap_signed(ctx: TransformerPatchContext, steps: int | None = None, objective: str = "recovered") -> torch.Tensor:
     """Estimated objective change when each edge alone is removed: <g_k, a_s - h_s> (g: gradient at
     destination k's input, all edges live; with steps, averaged over embeddings interpolated from the
     ablated to the clean ones)."""
-    obj = _objective(ctx, objective)
     g = ctx.graph
+    if steps is None:
+        eff = _full_circuit_eap(ctx, objective)
+        return torch.where(ctx.allowed, eff, torch.full_like(eff, float("nan")))
+    obj = _objective(ctx, objective)
     M = ctx.full_mask().to(ctx.dtype)
-    alphas = [1.0] if steps is None else [(i + 0.5) / steps for i in range(steps)]
+    alphas = [(i + 0.5) / steps for i in range(steps)]
     grads = torch.zeros(g.n_dest, *ctx.h.shape[2:], dtype=ctx.dtype, device=ctx.device)
     for alpha in alphas:
         with torch.enable_grad():
