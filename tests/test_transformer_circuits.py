@@ -261,3 +261,17 @@ def test_eap_from_the_model_forward_equals_the_masked_run_gradients(split_qkv, a
         assert ref[both].abs().max() > 1e-3
         assert (ctx.h - ref_ctx.h).abs().max().item() < 1e-12 and (ctx.a - ref_ctx.a).abs().max().item() < 1e-12
         assert (ctx.target - ref_ctx.target).abs().max().item() < 1e-12
+
+
+def test_model_copy_is_shared_only_while_it_equals_the_model():
+    m, x, xc = tiny(seed=6)
+    c1, c2 = TransformerPatchContext(m, x, xc), TransformerPatchContext(m, x, xc)
+    assert c1.model is c2.model
+    with torch.no_grad():
+        m.blocks[0].W_Q.data.add_(0.5)  # a change the version counter does not see
+    c3 = TransformerPatchContext(m, x, xc)
+    assert c3.model is not c1.model
+    assert torch.equal(c3.model.blocks[0].W_Q, m.blocks[0].W_Q.double())
+    assert (c3.target.float() - m(x)).abs().max().item() < 1e-5
+    c3.model.blocks[0].W_K.data.add_(0.5)  # the copy changed: not reused
+    assert TransformerPatchContext(m, x, xc).model is not c3.model

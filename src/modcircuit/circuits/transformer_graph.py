@@ -168,26 +168,29 @@ class TransformerGraph:
 _COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _signature(model) -> tuple:
-    """What a copy of model depends on: its configuration and every tensor's identity, storage and version
-    counter (an in-place update, e.g. an optimiser step or a swap, bumps the version)."""
-    ts = list(model.parameters()) + list(model.buffers())
-    return (repr(model.config()), model.training,
-            tuple((id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device) for t in ts))
+def _same(model, entry, dtype) -> bool:
+    """Whether a cached copy still equals the model converted to dtype: same configuration, and every
+    parameter and buffer equal (compared by value, so changes made any way, .data included, are seen)."""
+    cfg, m = entry
+    if cfg != repr(model.config()):
+        return False
+    ours = list(model.parameters()) + list(model.buffers())
+    theirs = list(m.parameters()) + list(m.buffers())
+    return len(ours) == len(theirs) and all(
+        a.shape == b.shape and torch.equal(a.detach().to(dtype), b) for a, b in zip(ours, theirs))
 
 
 def _model_copy(model: GeometricTransformer, dtype) -> GeometricTransformer:
-    """An eval-mode copy of model in dtype without gradients, shared by contexts while neither the model nor
-    the copy has changed (deep-copying a module costs milliseconds, a sizeable part of a fast EAP run)."""
+    """An eval-mode copy of model in dtype without gradients, shared by contexts while it still equals the
+    model (deep-copying a module costs milliseconds, a sizeable part of a fast EAP run)."""
     key = (dtype, str(next(model.parameters()).device))
     entry = _COPIES.get(model, {}).get(key)
-    sig = _signature(model)
-    if entry is not None and entry[0] == sig and _signature(entry[1]) == entry[2]:
+    if entry is not None and _same(model, entry, dtype):
         return entry[1]
     m = copy.deepcopy(model).to(dtype).eval()
     for p in m.parameters():
         p.requires_grad_(False)
-    _COPIES.setdefault(model, {})[key] = (sig, m, _signature(m))
+    _COPIES.setdefault(model, {})[key] = (repr(model.config()), m)
     return m
 
 
