@@ -100,6 +100,7 @@ def main():
     ap.add_argument("--topk", default="5,10,20,40")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--methods", default="acdc,eap", help="which comparisons to run (comma-separated)")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                     help="precision of our patched runs (auto-circuit runs in the model's float32)")
     args = ap.parse_args()
@@ -149,11 +150,12 @@ def main():
     print(f"model: {model.n_layers} blocks, d_model {model.d_model}, {model.n_heads} heads; {len(edges)} edges; "
           f"batch {len(clean)}; torch threads {args.threads}\n")
 
+    methods = args.methods.split(",")
     print("ACDC (KL at the last position, resample ablation)")
     print("| threshold | auto-circuit s | ours s (its order) | ratio | kept ac / ours | Jaccard | "
           "ours s (default order) | Jaccard default | logit gap ours |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for thr in [float(t) for t in args.thresholds.split(",")]:
+    for thr in [float(t) for t in args.thresholds.split(",")] if "acdc" in methods else []:
         mant, exp = f"{thr:e}".split("e")
 
         def theirs():
@@ -175,6 +177,8 @@ def main():
             k, s = ours_index[(src, dst)]
             print(f"    differs: {src} -> {dst}: our score {float(c.scores[0][k, s]):.6g} vs threshold {thr:g}")
 
+    if "eap" not in methods:
+        return
     print("\nEAP (logit difference: top class vs the others)")
 
     def theirs_eap():

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from ..errors import ModcircuitError, choice_error
 from ..nn.transformer import GeometricTransformer
+from .methods.eap import _objective  # the same objectives as the MLP's EAP (needs ctx.full_masks)
 
 METRICS = ("kl", "mse")
 ABLATIONS = ("resample", "zero", "mean")
@@ -301,18 +302,10 @@ class TransformerPatchContext:
     def source_outputs(self, x, e: torch.Tensor | None = None):
         """Every source's output in the full model on x (or from its embedding e): [n_src, 1, B, T, d], and
         the output [B, d_out]."""
-        m = self.model
         if e is None:
             e = self.embed(x)
-        outs, resid = [e], e
-        for b in m.blocks:
-            res = b.head_results(b.head_z(resid))  # [B, T, H, d]
-            outs += list(res.unbind(2))
-            resid = resid + res.sum(2) + b.b_O
-            mo = b.mlp(resid, m.act)
-            outs.append(mo)
-            resid = resid + mo
-        return torch.stack(outs)[:, None], m.unembed(resid)[:, -1]
+        outs, out, _ = _fused_pass(self.model, e)
+        return torch.cat(outs)[:, None], out
 
     @property
     def const(self) -> torch.Tensor:
@@ -446,6 +439,10 @@ class TransformerPatchContext:
 
     def full_mask(self, value: bool = True) -> torch.Tensor:
         return self.allowed.clone() if value else torch.zeros_like(self.allowed)
+
+    def full_masks(self, value: bool = True) -> torch.Tensor:
+        """The same as full_mask (the name the MLP context's methods use, e.g. methods.eap._objective)."""
+        return self.full_mask(value)
 
 
 # ---- methods -------------------------------------------------------------------------------------
@@ -880,24 +877,54 @@ class _StageACDC:
             pos += n - pos if used is None else used
 
 
-def _objective(ctx: TransformerPatchContext, name: str):
-    if name not in OBJECTIVES:
-        raise choice_error("EAP objective", name, OBJECTIVES)
-    y = ctx.target
-    if name == "logit-diff":
-        c = y.argmax(-1)
+def _ln_jvp(ln, x: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """LayerNorm ln's Jacobian at x [..., d] applied to D [n, ..., d] (D itself without LayerNorm). The
+    Jacobian J is symmetric up to the gain, <J^T g, D> = <g, J D>, so an input gradient needs no backward
+    pass through LayerNorm of its own: the score <J^T g, D> is <g, J D>."""
+    if ln is None:
+        return D
+    xc = x - x.mean(-1, keepdim=True)
+    rs = torch.rsqrt((xc * xc).mean(-1, keepdim=True) + ln.eps)
+    xh = xc * rs
+    return (ln.weight * rs) * (D - D.mean(-1, keepdim=True) - xh * (D * xh).mean(-1, keepdim=True))
 
-        def obj(out):
-            return (out.gather(-1, c.expand(*out.shape[:-1])[..., None])[..., 0] - out.mean(-1)).mean(-1)
-        return obj
-    with torch.no_grad():
-        e = ctx.forward(ctx.full_mask(False))
-    u = y - e
-    denom = (u ** 2).sum(-1).mean().clamp_min(torch.finfo(u.dtype).tiny)
 
-    def obj(out):
-        return ((out - e) * u).sum(-1).mean(-1) / denom
-    return obj
+def _fused_pass(m: GeometricTransformer, e: torch.Tensor, nodes: list | None = None):
+    """The model on embedding e [B, T, d]: source outputs [n_src, B, T, d], output [B, d_out], and each
+    block's input [B, T, d]. With nodes (a list) the pass records the gradient nodes: per block the
+    LayerNormed attention input's q, k, v projections [B, T, 3, H, dh] and the MLP's input, then the
+    output's input [B, 1, d]. Every head's q, k and v come from one LayerNorm and one matrix product per
+    block (a head's destination gradient is recovered from its projection's gradient, see _ln_jvp)."""
+    H, dh = m.n_heads, m.d_head
+    B, T, d = e.shape
+    causal = torch.ones(T, T, dtype=torch.bool, device=e.device).triu(1)
+    outs, ins, resid = [e[None]], [], e
+    for b in m.blocks:
+        ins.append(resid)
+        W = torch.cat([b.W_Q, b.W_K, b.W_V])
+        bias = torch.cat([b.b_Q, b.b_K, b.b_V])
+        qkv = torch.addmm(bias, b.norm1(resid).reshape(B * T, d), W.T).view(B, T, 3, H, dh)
+        if nodes is not None:
+            if not qkv.requires_grad:  # the first block's: a leaf of the graph (nothing before needs gradients)
+                qkv.requires_grad_(True)
+            nodes.append(qkv)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, dh]
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(dh)).masked_fill(causal, float("-inf"))
+        z = scores.softmax(-1) @ v  # [B, H, T, dh]
+        res = torch.bmm(z.permute(1, 0, 2, 3).reshape(H, B * T, dh),
+                        b.W_O.view(d, H, dh).permute(1, 2, 0)).view(H, B, T, d)
+        outs.append(res)
+        resid = resid + res.sum(0) + b.b_O
+        xm = resid.view_as(resid)  # a node of its own: only the MLP reads it
+        if nodes is not None:
+            nodes.append(xm)
+        mo = b.mlp(xm, m.act)
+        outs.append(mo[None])
+        resid = resid + mo
+    xo = resid[:, -1:]  # the output reads the last position only
+    if nodes is not None:
+        nodes.append(xo)
+    return outs, m.unembed(xo)[:, -1], ins
 
 
 def _full_circuit_eap(ctx: TransformerPatchContext, objective: str) -> torch.Tensor:
@@ -906,51 +933,47 @@ def _full_circuit_eap(ctx: TransformerPatchContext, objective: str) -> torch.Ten
 
     With every edge live each destination reads the clean residual stream at its place (const_k + the sum
     of its sources' clean outputs), so the gradients come from the model's own forward pass on the clean
-    inputs with every destination's input a separate node (a head's q, k, v inputs as expanded views of the
-    stream, the MLP's and the output's as views): one forward and one backward pass. When the context's
-    clean source outputs are not computed yet they are taken from this pass (only the ablated ones need a
-    run of their own)."""
+    inputs (one forward and one backward pass, _fused_pass): the MLPs' and the output's inputs are nodes
+    of the pass; a head's q (k, v) input x_k gets the gradient J^T W_Q,h^T dq_h, with dq_h the gradient of
+    its query projection and J the Jacobian of the block's LayerNorm at x, so <g_k, D_s> =
+    <dq_h, (J D_s) W_Q,h^T>: one LayerNorm Jacobian product per block and source, no LayerNorm per head.
+    When the context's clean source outputs are not computed yet they are taken from this pass (only the
+    ablated ones need a run of their own)."""
     g, m = ctx.graph, ctx.model
-    H, nq = g.n_heads, g.nq
+    H, nq, dh = g.n_heads, g.nq, m.d_head
     fresh = ctx._h is None
-    nodes, dests, outs = [], [], []  # destination input nodes, their destination indices; source outputs
+    nodes: list = []
     with torch.enable_grad():
-        resid = ctx._emb[0].clone().requires_grad_(True)  # the clean embedding
-        outs.append(resid)
-        B, T, d = resid.shape
-        for l, b in enumerate(m.blocks):
-            xa = [resid[:, :, None, :].expand(B, T, H, d) for _ in range(nq)]  # q, k, v inputs [B, T, H, d]
-            res = b.head_results(b.head_z(*xa))
-            outs.append(res)
-            resid = resid + res.sum(2) + b.b_O
-            xm = resid.view_as(resid)  # a separate node: only the MLP reads it
-            mo = b.mlp(xm, m.act)
-            outs.append(mo)
-            resid = resid + mo
-            nodes += xa + [xm]
-            dests += [g.dest_attn(l, 0, 0), g.dest_mlp(l)]
-        xo = resid[:, -1:]  # the output reads the last position only
-        nodes.append(xo)
-        dests.append(g.dest_out)
-        out = m.unembed(xo)[:, -1]
+        e = ctx._emb[0]
+        B, T, d = e.shape
+        outs, out, ins = _fused_pass(m, e, nodes)
         if fresh:
             with torch.no_grad():
-                ctx._h = torch.cat([t.detach().reshape(B, T, -1, d).permute(2, 0, 1, 3) for t in outs])[:, None]
+                ctx._h = torch.cat([t.detach() for t in outs])[:, None]
                 ctx._target = out.detach()
             ctx._sources(clean_done=True)
         obj = _objective(ctx, objective)
-        grads = torch.autograd.grad(obj(out[None]).sum(), nodes)
+        grads = list(torch.autograd.grad(obj(out[None]).sum(), nodes))
     diff = ctx.a[:, 0] - ctx.h[:, 0]  # [n_src, B|1, T, d]
+    if diff.shape[1] != B:
+        diff = diff.expand(-1, B, -1, -1)
     eff = torch.empty(g.n_dest, g.n_src, dtype=ctx.dtype, device=ctx.device)
-    grads = list(grads)
-    for k in dests:
-        if k == g.dest_out or k == g.dest_mlp(g.dest_layer(k)):
-            gx, n = grads.pop(0)[:, :, None], 1  # [B, T', 1, d]
-        else:  # the layer's q, k, v inputs [B, T, H, d] -> destinations in order (head, then q/k/v)
-            gx, grads, n = torch.stack(grads[:nq], 3), grads[nq:], H * nq
-        Tg = gx.shape[1]
-        gk = gx.reshape(B, Tg, n, d).permute(2, 0, 1, 3).reshape(n, -1)
-        eff[k:k + n] = gk @ diff[:, :, T - Tg:].expand(-1, B, -1, -1).reshape(g.n_src, -1).T
+    for l, b in enumerate(m.blocks):
+        gq, gm = grads[2 * l], grads[2 * l + 1]  # [B, T, 3, H, dh], [B, T, d]
+        n = g.n_src_before(l)
+        W = torch.stack([b.W_Q, b.W_K, b.W_V]).view(3 * H, dh, d)
+        gx = torch.bmm(gq.reshape(B * T, 3 * H, dh).transpose(0, 1), W)  # [3H, BT, d]: gradients after LayerNorm
+        JD = _ln_jvp(b.ln1, ins[l], diff[:n])  # [n, B, T, d]
+        s = (gx.reshape(3 * H, B * T * d) @ JD.reshape(n, B * T * d).T).view(3, H, n)
+        k0 = g.dest_attn(l, 0, 0)
+        if nq == 3:
+            eff[k0:k0 + 3 * H, :n] = s.permute(1, 0, 2).reshape(3 * H, n)
+        else:
+            eff[k0:k0 + H, :n] = s.sum(0)
+        km = g.dest_mlp(l)
+        eff[km, :g.dest_n_src(km)] = gm.reshape(-1) @ diff[:g.dest_n_src(km)].reshape(-1, B * T * d).T
+    ko = g.dest_out
+    eff[ko] = grads[-1].reshape(-1) @ diff[:, :, -1:].reshape(g.n_src, -1).T
     return eff
 
 
