@@ -275,3 +275,40 @@ def test_model_copy_is_shared_only_while_it_equals_the_model():
     assert (c3.target.float() - m(x)).abs().max().item() < 1e-5
     c3.model.blocks[0].W_K.data.add_(0.5)  # the copy changed: not reused
     assert TransformerPatchContext(m, x, xc).model is not c3.model
+
+
+@pytest.mark.parametrize("n_layers,layernorm,act,split_qkv", [(1, True, "gelu", True), (3, False, "relu", False),
+                                                                (3, True, "gelu", True)])
+def test_eap_equals_the_masked_run_gradients_for_other_shapes(n_layers, layernorm, act, split_qkv):
+    # the fused EAP pass (LayerNorm Jacobian per block, the last block at the last position only) against
+    # the masked forward pass's recorded input gradients, for one and three blocks, without LayerNorm, gelu
+    from modcircuit.circuits.transformer_graph import _objective
+
+    torch.manual_seed(11)
+    m = GeometricTransformer(d_input=2, n_layers=n_layers, d_model=16, n_heads=2, d_head=4, d_mlp=16, n_ctx=4,
+                             d_out=5, act=act, layernorm=layernorm)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x, xc = torch.randn(16, 4, 2), torch.randn(16, 4, 2)
+    for objective in ("logit-diff", "recovered"):
+        ref_ctx = TransformerPatchContext(m, x, xc, split_qkv=split_qkv)
+        obj = _objective(ref_ctx, objective)
+        rec: dict = {}
+        with torch.enable_grad():
+            emb = ref_ctx.D[:1].clone().requires_grad_(True)
+            obj(ref_ctx.run(ref_ctx.full_mask().double(), prefix=emb, record=rec)).sum().backward()
+        g = ref_ctx.graph
+        ref = torch.full((g.n_dest, g.n_src), float("nan"), dtype=torch.float64)
+        diff = (ref_ctx.a[:, 0] - ref_ctx.h[:, 0]).expand(g.n_src, *ref_ctx.h.shape[2:])
+        for dests, xin in rec.items():
+            for i, k in enumerate(dests):
+                gk = xin.grad[0, :, :, i]
+                for s in range(g.dest_n_src(k)):
+                    ref[k, s] = (gk * diff[s][:, diff.shape[2] - gk.shape[1]:]).sum()
+        est = eap_signed(TransformerPatchContext(m, x, xc, split_qkv=split_qkv), objective=objective)
+        assert torch.equal(torch.isnan(est), torch.isnan(ref))
+        both = ~torch.isnan(ref)
+        scale = max(1.0, ref[both].abs().max().item())  # without LayerNorm scores reach ~20: rounding grows alike
+        assert torch.allclose(est[both], ref[both], atol=1e-12 * scale, rtol=0)
+        assert ref[both].abs().max() > 1e-3

@@ -65,6 +65,9 @@ def divergence(metric: str, out: torch.Tensor, target: torch.Tensor) -> torch.Te
     raise choice_error("metric", metric, METRICS)
 
 
+_ALLOWED: dict = {}  # the edge mask per graph shape
+
+
 # ---- the graph -----------------------------------------------------------------------------------
 @dataclass
 class TransformerGraph:
@@ -123,10 +126,13 @@ class TransformerGraph:
 
     @property
     def allowed(self) -> torch.Tensor:
-        A = torch.zeros(self.n_dest, self.n_src, dtype=torch.bool)
-        for k in range(self.n_dest):
-            A[k, : self.dest_n_src(k)] = True
-        return A
+        key = (self.n_layers, self.n_heads, self.split_qkv)
+        if key not in _ALLOWED:
+            A = torch.zeros(self.n_dest, self.n_src, dtype=torch.bool)
+            for k in range(self.n_dest):
+                A[k, : self.dest_n_src(k)] = True
+            _ALLOWED[key] = A
+        return _ALLOWED[key].clone()
 
     @property
     def n_edges(self) -> int:
@@ -169,16 +175,26 @@ class TransformerGraph:
 _COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _same(model, entry, dtype) -> bool:
-    """Whether a cached copy still equals the model converted to dtype: same configuration, and every
-    parameter and buffer equal (compared by value, so changes made any way, .data included, are seen)."""
-    cfg, m = entry
-    if cfg != repr(model.config()):
+def _flat(module) -> dict:
+    """Every parameter and buffer of module flattened into one vector per dtype (a snapshot by value)."""
+    groups: dict = {}
+    for t in list(module.parameters()) + list(module.buffers()):
+        groups.setdefault(t.dtype, []).append(t.detach().reshape(-1))
+    return {k: torch.cat(v) for k, v in groups.items()}
+
+
+def _same(model, entry) -> bool:
+    """Whether a cached copy still equals the model converted to dtype: same configuration and tensor
+    shapes, the model's every parameter and buffer equal by value to when the copy was made (so changes
+    made any way, .data included, are seen), and the copy's equal to its own values then (one comparison
+    per dtype, not one per tensor)."""
+    cfg, shapes, snap, m, snap_m = entry
+    if cfg != repr(model.config()) or shapes != [t.shape for t in list(model.parameters()) + list(model.buffers())]:
         return False
-    ours = list(model.parameters()) + list(model.buffers())
-    theirs = list(m.parameters()) + list(m.buffers())
-    return len(ours) == len(theirs) and all(
-        a.shape == b.shape and torch.equal(a.detach().to(dtype), b) for a, b in zip(ours, theirs))
+
+    def equal(a, b):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return equal(_flat(model), snap) and equal(_flat(m), snap_m)
 
 
 def _model_copy(model: GeometricTransformer, dtype) -> GeometricTransformer:
@@ -186,12 +202,13 @@ def _model_copy(model: GeometricTransformer, dtype) -> GeometricTransformer:
     model (deep-copying a module costs milliseconds, a sizeable part of a fast EAP run)."""
     key = (dtype, str(next(model.parameters()).device))
     entry = _COPIES.get(model, {}).get(key)
-    if entry is not None and _same(model, entry, dtype):
-        return entry[1]
+    if entry is not None and _same(model, entry):
+        return entry[3]
     m = copy.deepcopy(model).to(dtype).eval()
     for p in m.parameters():
         p.requires_grad_(False)
-    _COPIES.setdefault(model, {})[key] = (repr(model.config()), m)
+    shapes = [t.shape for t in list(model.parameters()) + list(model.buffers())]
+    _COPIES.setdefault(model, {})[key] = (repr(model.config()), shapes, _flat(model), m, _flat(m))
     return m
 
 
@@ -889,17 +906,19 @@ def _ln_jvp(ln, x: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     return (ln.weight * rs) * (D - D.mean(-1, keepdim=True) - xh * (D * xh).mean(-1, keepdim=True))
 
 
-def _fused_pass(m: GeometricTransformer, e: torch.Tensor, nodes: list | None = None):
-    """The model on embedding e [B, T, d]: source outputs [n_src, B, T, d], output [B, d_out], and each
-    block's input [B, T, d]. With nodes (a list) the pass records the gradient nodes: per block the
+def _fused_pass(m: GeometricTransformer, e: torch.Tensor, nodes: list | None = None, last_only: bool = False):
+    """The model on embedding e [B, T, d]: source outputs (a list of [n, B, T, d]), output [B, d_out], and
+    each block's input [B, T, d]. With nodes (a list) the pass records the gradient nodes: per block the
     LayerNormed attention input's q, k, v projections [B, T, 3, H, dh] and the MLP's input, then the
     output's input [B, 1, d]. Every head's q, k and v come from one LayerNorm and one matrix product per
-    block (a head's destination gradient is recovered from its projection's gradient, see _ln_jvp)."""
+    block (a head's destination gradient is recovered from its projection's gradient, see _ln_jvp).
+    last_only: the last block's attention (its queries) and MLP only at the last position, the only one
+    the output reads (its source outputs and MLP input then have T = 1)."""
     H, dh = m.n_heads, m.d_head
     B, T, d = e.shape
     causal = torch.ones(T, T, dtype=torch.bool, device=e.device).triu(1)
     outs, ins, resid = [e[None]], [], e
-    for b in m.blocks:
+    for i, b in enumerate(m.blocks):
         ins.append(resid)
         W = torch.cat([b.W_Q, b.W_K, b.W_V])
         bias = torch.cat([b.b_Q, b.b_K, b.b_V])
@@ -909,10 +928,15 @@ def _fused_pass(m: GeometricTransformer, e: torch.Tensor, nodes: list | None = N
                 qkv.requires_grad_(True)
             nodes.append(qkv)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, dh]
-        scores = (q @ k.transpose(-1, -2) / math.sqrt(dh)).masked_fill(causal, float("-inf"))
-        z = scores.softmax(-1) @ v  # [B, H, T, dh]
-        res = torch.bmm(z.permute(1, 0, 2, 3).reshape(H, B * T, dh),
-                        b.W_O.view(d, H, dh).permute(1, 2, 0)).view(H, B, T, d)
+        if last_only and i == len(m.blocks) - 1:  # the last query sees every position: no mask
+            q, resid = q[:, :, -1:], resid[:, -1:]
+            scores = q @ k.transpose(-1, -2) / math.sqrt(dh)
+        else:
+            scores = (q @ k.transpose(-1, -2) / math.sqrt(dh)).masked_fill(causal, float("-inf"))
+        z = scores.softmax(-1) @ v  # [B, H, Tq, dh]
+        Tq = z.shape[2]
+        res = torch.bmm(z.permute(1, 0, 2, 3).reshape(H, B * Tq, dh),
+                        b.W_O.view(d, H, dh).permute(1, 2, 0)).view(H, B, Tq, d)
         outs.append(res)
         resid = resid + res.sum(0) + b.b_O
         xm = resid.view_as(resid)  # a node of its own: only the MLP reads it
@@ -937,29 +961,37 @@ def _full_circuit_eap(ctx: TransformerPatchContext, objective: str) -> torch.Ten
     of the pass; a head's q (k, v) input x_k gets the gradient J^T W_Q,h^T dq_h, with dq_h the gradient of
     its query projection and J the Jacobian of the block's LayerNorm at x, so <g_k, D_s> =
     <dq_h, (J D_s) W_Q,h^T>: one LayerNorm Jacobian product per block and source, no LayerNorm per head.
-    When the context's clean source outputs are not computed yet they are taken from this pass (only the
-    ablated ones need a run of their own)."""
+    The last block's queries and MLP run at the last position only (the output reads nothing else).
+    Unless the context has its clean and ablated source outputs already (or the objective runs them), the
+    differences come from this pass and one run of the corrupted inputs, both with the shortened last
+    block; the context computes its own h and a in full when asked for them."""
     g, m = ctx.graph, ctx.model
     H, nq, dh = g.n_heads, g.nq, m.d_head
-    fresh = ctx._h is None
     nodes: list = []
     with torch.enable_grad():
         e = ctx._emb[0]
         B, T, d = e.shape
-        outs, out, ins = _fused_pass(m, e, nodes)
-        if fresh:
-            with torch.no_grad():
-                ctx._h = torch.cat([t.detach() for t in outs])[:, None]
-                ctx._target = out.detach()
-            ctx._sources(clean_done=True)
-        obj = _objective(ctx, objective)
+        outs, out, ins = _fused_pass(m, e, nodes, last_only=True)
+        if ctx._target is None:
+            ctx._target = out.detach()
+        obj = _objective(ctx, objective)  # (the "recovered" one runs the context: its clean and ablated runs)
         grads = list(torch.autograd.grad(obj(out[None]).sum(), nodes))
-    diff = ctx.a[:, 0] - ctx.h[:, 0]  # [n_src, B|1, T, d]
-    if diff.shape[1] != B:
-        diff = diff.expand(-1, B, -1, -1)
+    n0 = g.n_src_before(g.n_layers - 1)  # sources written before the last block: read at every position
+    if ctx._h is not None or ctx.ablation != "resample":
+        diff = ctx.a[:, 0] - ctx.h[:, 0]  # [n_src, B|1, T, d]
+        if diff.shape[1] != B:
+            diff = diff.expand(-1, B, -1, -1)
+        last = diff[:, :, -1:]
+    else:  # the clean source outputs from this pass, the ablated ones from a run of the corrupted inputs;
+        # the last block's only at the last position (the context's h and a are computed when asked for)
+        with torch.no_grad():
+            a_outs = _fused_pass(m, ctx._emb[1], last_only=True)[0]
+            diffs = [x.detach() - y for x, y in zip(a_outs, outs)]
+            diff = torch.cat(diffs[:-2])  # [n0, B, T, d]
+            last = torch.cat([diff[:, :, -1:]] + diffs[-2:])  # [n_src, B, 1, d]
     eff = torch.empty(g.n_dest, g.n_src, dtype=ctx.dtype, device=ctx.device)
     for l, b in enumerate(m.blocks):
-        gq, gm = grads[2 * l], grads[2 * l + 1]  # [B, T, 3, H, dh], [B, T, d]
+        gq, gm = grads[2 * l], grads[2 * l + 1]  # [B, T, 3, H, dh], [B, T', d] (T' = 1 in the last block)
         n = g.n_src_before(l)
         W = torch.stack([b.W_Q, b.W_K, b.W_V]).view(3 * H, dh, d)
         gx = torch.bmm(gq.reshape(B * T, 3 * H, dh).transpose(0, 1), W)  # [3H, BT, d]: gradients after LayerNorm
@@ -971,9 +1003,10 @@ def _full_circuit_eap(ctx: TransformerPatchContext, objective: str) -> torch.Ten
         else:
             eff[k0:k0 + H, :n] = s.sum(0)
         km = g.dest_mlp(l)
-        eff[km, :g.dest_n_src(km)] = gm.reshape(-1) @ diff[:g.dest_n_src(km)].reshape(-1, B * T * d).T
-    ko = g.dest_out
-    eff[ko] = grads[-1].reshape(-1) @ diff[:, :, -1:].reshape(g.n_src, -1).T
+        nm = g.dest_n_src(km)
+        Dm = last[:nm] if l == g.n_layers - 1 else diff[:nm]
+        eff[km, :nm] = gm.reshape(-1) @ Dm.reshape(nm, -1).T
+    eff[g.dest_out] = grads[-1].reshape(-1) @ last.reshape(g.n_src, -1).T
     return eff
 
 
