@@ -2,6 +2,7 @@
 
     pip install 'modcircuit[bench]'      # auto-circuit==1.0.1, attrs, transformer-lens==3.9.0
     python benchmarks/bench_vs_autocircuit.py [--checkpoint RUN_DIR] [--steps 1000] [--batch 100]
+                                              [--methods acdc,eap] [--dtype float32|float64]
 
 Without a checkpoint it trains a 2-block modular-addition transformer (p=23, d_model 64, 4 heads) for
 --steps steps. Both libraries see the same model (ours, and its TransformerLens export with
