@@ -175,12 +175,17 @@ class TransformerGraph:
 _COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _flat(module) -> dict:
-    """Every parameter and buffer of module flattened into one vector per dtype (a snapshot by value)."""
+def _tensors(module) -> list:
+    return list(module.parameters()) + list(module.buffers())
+
+
+def _flat(tensors) -> dict:
+    """The tensors flattened into one vector per dtype (a snapshot by value)."""
     groups: dict = {}
-    for t in list(module.parameters()) + list(module.buffers()):
-        groups.setdefault(t.dtype, []).append(t.detach().reshape(-1))
-    return {k: torch.cat(v) for k, v in groups.items()}
+    with torch.no_grad():
+        for t in tensors:
+            groups.setdefault(t.dtype, []).append(t.view(-1) if t.is_contiguous() else t.reshape(-1))
+        return {k: torch.cat(v) for k, v in groups.items()}
 
 
 def _same(model, entry) -> bool:
@@ -189,12 +194,13 @@ def _same(model, entry) -> bool:
     made any way, .data included, are seen), and the copy's equal to its own values then (one comparison
     per dtype, not one per tensor)."""
     cfg, shapes, snap, m, snap_m = entry
-    if cfg != repr(model.config()) or shapes != [t.shape for t in list(model.parameters()) + list(model.buffers())]:
+    ours = _tensors(model)
+    if cfg != repr(model.config()) or shapes != [t.shape for t in ours]:
         return False
 
     def equal(a, b):
         return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    return equal(_flat(model), snap) and equal(_flat(m), snap_m)
+    return equal(_flat(ours), snap) and equal(_flat(_tensors(m)), snap_m)
 
 
 def _model_copy(model: GeometricTransformer, dtype) -> GeometricTransformer:
@@ -207,8 +213,9 @@ def _model_copy(model: GeometricTransformer, dtype) -> GeometricTransformer:
     m = copy.deepcopy(model).to(dtype).eval()
     for p in m.parameters():
         p.requires_grad_(False)
-    shapes = [t.shape for t in list(model.parameters()) + list(model.buffers())]
-    _COPIES.setdefault(model, {})[key] = (repr(model.config()), shapes, _flat(model), m, _flat(m))
+    ours = _tensors(model)
+    _COPIES.setdefault(model, {})[key] = (repr(model.config()), [t.shape for t in ours], _flat(ours), m,
+                                          _flat(_tensors(m)))
     return m
 
 
