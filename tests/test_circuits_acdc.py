@@ -116,3 +116,18 @@ def test_random_auc_near_half_on_planted():
         aucs.append(evaluate(model, c, task, curve_points=2)["auc_edges"])
     mean = sum(aucs) / len(aucs)
     assert abs(mean - 0.5) < 0.07, aucs
+
+
+def test_fast_acdc_equals_reference_with_peaked_logits():
+    """Large logits: the fast KL shortcuts (output-only and last-hidden-layer receivers) stay exact."""
+    model = random_mlp([5, 8, 7, 3], "silu", seed=3, permute=False)
+    with torch.no_grad():
+        model.linears[-1].weight.mul_(40)
+        model.linears[-2].weight.mul_(3)
+    clean, corrupt = pairs(5, n=16, seed=2)
+    for threshold in [1e-3, 1e-1, 1.0]:
+        ref_mask, ref_scores = reference_acdc(model, clean, corrupt, threshold, "kl", "resample")
+        c = discover(model, clean, corrupt, method="acdc", threshold=threshold, metric="kl")
+        assert all(torch.equal(g, w) for g, w in zip(c.mask, ref_mask)), threshold
+        for got, want in zip(c.scores, ref_scores):
+            assert torch.allclose(got, want, rtol=1e-9, atol=1e-12), threshold

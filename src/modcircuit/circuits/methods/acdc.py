@@ -121,10 +121,25 @@ class _FastACDC:
         returns None when the receiver cannot influence the output (all its outgoing edges removed)."""
         ctx, L = self.ctx, self.L
         if l == L - 1:
+            if self.ctx.metric_name == "kl":
+                # only output j changes: KL = -H(p) + logsumexp(z with z_j=c) - p.z + p_j (z_j - c), with the
+                # other outputs' exp-sum taken once (summed without column j: no cancellation)
+                shift = self.shift[:, 0]
+                e = (z - self.shift).exp_()
+                e[:, j] = 0
+                rest, base = e.sum(-1), self.neg_entropy - (z * self.p).sum(-1) + self.p[:, j] * z[:, j]
+                pj = self.p[:, j]
+                if bool(torch.isfinite(rest).all()) and bool((rest > 0).all()):
+                    def ev(c):
+                        lse = (c - shift).exp_().add_(rest).log_().add_(shift)
+                        kl = (base + lse - pj * c).mean(-1)
+                        if not bool(torch.isfinite(kl).all()):
+                            return self.metric(self._with_output(z, j, c))
+                        return kl
+                    return ev, 1
+
             def ev(c):
-                out = z.expand(c.shape[0], *z.shape).clone()
-                out[:, :, j] = c
-                return self.metric(out)
+                return self.metric(self._with_output(z, j, c))
             return ev, z.shape[1]
         rows = self.alive[l + 2]
         col = self.weff[l + 1][rows, j]
@@ -144,10 +159,27 @@ class _FastACDC:
                 return (rr + dh * (2 * rc + dh * cc)).mean(-1) / n_out
             return ev, 1
 
+        if l + 2 == L and self.ctx.metric_name == "kl":
+            # out = zb + dh col, so p.out = p.zb + dh (p.col): only the logsumexp needs the full outputs
+            base, pc, shift = self.neg_entropy - (zb * self.p).sum(-1), self.p @ col, self.shift
+
+            def ev(c):
+                dh = ctx.model.act(l + 1, c) - hj
+                out = torch.addcmul(zb, dh[..., None], col)
+                kl = (base + (out - shift).exp_().sum(-1).log_().add_(shift[..., 0]) - dh * pc).mean(-1)
+                return kl if bool(torch.isfinite(kl).all()) else self.metric(out)
+            return ev, max(int(rows.sum()), 1)
+
         def ev(c):
             dh = ctx.model.act(l + 1, c) - hj
             return self.metric(self._tail(l + 2, torch.addcmul(zb, dh[..., None], col)))
         return ev, max(int(rows.sum()), 1)
+
+    @staticmethod
+    def _with_output(z: torch.Tensor, j: int, c: torch.Tensor) -> torch.Tensor:
+        out = z.expand(c.shape[0], *z.shape).clone()
+        out[:, :, j] = c
+        return out
 
     def metric(self, out: torch.Tensor) -> torch.Tensor:
         """The context's metric for candidate outputs [K, B, n_out] (KL in a cheaper, equal form)."""
