@@ -571,6 +571,7 @@ class _StageACDC:
             self.W.append(proj + [b.W_O.view(-1, H, dh).permute(1, 2, 0).contiguous()])
         self._masks: dict = {}
         self._live: dict = {}
+        self._logp = self._p = None
 
     # ---- the stage's fixed quantities --------------------------------------------------------------
     def _rank(self, k: int) -> int:
@@ -593,7 +594,8 @@ class _StageACDC:
         s0 = self.s0
         self.U = self.base[self.k0:] + torch.einsum("ks,sbtd->kbtd", self.M[self.k0:, :s0], self.D[:s0])
         self.alive = (self.M != 0).any(0).tolist()  # a source with an outgoing edge (only later ones decided)
-        self.Ds = self.D[:s0]
+        self.Ds = self.D[:s0].contiguous()
+        self._lastDU = None
         if self.kind == "attn":
             self.dirty, self.cur = set(range(H)), None
             self.cq, self.ck, self.cv, self.cres, self.cdl = [None] * H, [None] * H, [None] * H, [None] * H, [None] * H
@@ -617,8 +619,28 @@ class _StageACDC:
         self.M[k, s] = 0.0
         j = k - self.k0
         self.U[j] = self.U[j] - self.D[s]
+        self._lastDU = None
         if self.kind == "attn":
             self.dirty.add(j // self.g.nq)
+
+    def _mlp(self, b, x: torch.Tensor) -> torch.Tensor:
+        """b.mlp(x) with the biases added in the matrix products."""
+        h = F.linear(b.norm2(x), b.W_in, b.b_in)
+        return F.linear(F.relu(h) if self.m.act == "relu" else F.gelu(h), b.W_out, b.b_out)
+
+    def _metric_out(self, x: torch.Tensor) -> torch.Tensor:
+        """The metric [K] of the output read from residual x [K, B, 1, d] (KL: the model's log-probabilities
+        computed once)."""
+        m = self.m
+        if m.ln_f is not None:
+            x = m.ln_f(x)
+        out = F.linear(x, m.W_U, m.b_U)[..., -1, :]
+        if self.ctx.metric_name != "kl":
+            return self.ctx.metric(out)
+        if self._logp is None:
+            self._logp = F.log_softmax(self.ctx.target, -1)
+            self._p = self._logp.exp()
+        return (self._p * (self._logp - F.log_softmax(out, -1))).sum(-1).mean(-1)
 
     # ---- pieces of the forward pass (receiver-major layout: [n_receivers or heads, K, B, T, d]) -------
     def _norm1(self, l: int, x: torch.Tensor) -> torch.Tensor:
@@ -686,7 +708,7 @@ class _StageACDC:
         s = g.src_mlp(j)
         if self.alive[s]:
             x = self._gather([g.dest_mlp(j)], dl, K, pos)[0]
-            dl[s] = b.mlp(x, self.m.act) - self.a[s][:, pos]
+            dl[s] = self._mlp(b, x) - self.a[s][:, pos]
 
     def _tail(self, j: int, dl: dict, K: int) -> torch.Tensor:
         """From layer j on (the sources before it in dl) to the metric [K]."""
@@ -694,7 +716,7 @@ class _StageACDC:
         for jj in range(j, g.n_layers):
             self._layer(jj, dl, K)
         x = self._gather([g.dest_out], dl, K, slice(-1, None))[0]
-        return self.ctx.metric(self.m.unembed(x)[..., -1, :])
+        return self._metric_out(x)
 
     # ---- candidate evaluation ----------------------------------------------------------------------
     def _refresh(self):
@@ -705,13 +727,17 @@ class _StageACDC:
         nq, H = g.nq, g.n_heads
         last = l == g.n_layers - 1
         pos = slice(-1, None) if last else slice(None)
-        for h in sorted(self.dirty):
-            x = b.norm1(torch.stack([self._u(g.dest_attn(l, h, c)) for c in range(nq)])[:, None])  # [nq, 1, B, T, d]
-            xq, xk, xv = (x[0:1, :, :, pos], x[1:2], x[2:3]) if nq == 3 else (x[:, :, :, pos], x, x)
-            q, k, v = self._project(l, 0, [h], xq), self._project(l, 1, [h], xk), self._project(l, 2, [h], xv)
-            self.cq[h], self.ck[h], self.cv[h] = q[0, 0], k[0, 0], v[0, 0]
-            self.cres[h] = self._attend(l, [h], q, k, v)[0, 0]
-            self.cdl[h] = self.cres[h][None] - self.a[g.src_head(l, h)][:, pos]
+        hs = sorted(self.dirty)
+        if hs:  # every changed head at once
+            x = self.U[[g.dest_attn(l, h, c) - self.k0 for h in hs for c in range(nq)]]
+            x = b.norm1(x).view(len(hs), nq, 1, *x.shape[1:])  # [nd, nq, 1, B, T, d]
+            xq, xk, xv = (x[:, 0, :, :, pos], x[:, 1], x[:, 2]) if nq == 3 else (x[:, 0, :, :, pos], x[:, 0], x[:, 0])
+            q, k, v = self._project(l, 0, hs, xq), self._project(l, 1, hs, xk), self._project(l, 2, hs, xv)
+            res = self._attend(l, hs, q, k, v)
+            for i, h in enumerate(hs):
+                self.cq[h], self.ck[h], self.cv[h] = q[i, 0], k[i, 0], v[i, 0]
+                self.cres[h] = res[i, 0]
+                self.cdl[h] = self.cres[h][None] - self.a[g.src_head(l, h)][:, pos]
         self.dirty.clear()
         self._live = {}
         self.cur = [torch.stack(t) for t in (self.cq, self.ck, self.cv, self.cres)]
@@ -720,7 +746,7 @@ class _StageACDC:
             s = g.src_mlp(l)
             self.cx_mlp = self._gather([g.dest_mlp(l)], dl, 1, pos)[0] if self.alive[s] else None
             if self.alive[s]:
-                dl[s] = b.mlp(self.cx_mlp, self.m.act) - self.a[s][:, pos]
+                dl[s] = self._mlp(b, self.cx_mlp) - self.a[s][:, pos]
                 self.cdl_mlp = dl[s]
             self.cx_out = self._gather([g.dest_out], dl, 1, pos)[0]
             srcs = torch.tensor([g.src_head(l, h) for h in range(H)], device=self.ctx.device)
@@ -755,23 +781,28 @@ class _StageACDC:
                 pe = torch.arange(P, device=ip.device)
                 je = hp
             Rj = R[ip[pe], je]  # [n, s0]
-            Ds = self.Ds
-            x = torch.mm(Rj, Ds.reshape(Ds.shape[0], -1)).view(len(pe), *Ds.shape[1:]).neg_().add_(self.U[je])
-            xn = b.norm1(x).view(len(pe), -1, x.shape[-1])  # [n, B*T, d]
             _, Wt, bias = self._Wall
-            T = x.shape[2]
-            for c in range(3):
-                if nq == 3:
+            if nq == 3:  # per component; the queries only at the positions read (the last one in the last layer)
+                for c in range(3):
                     sel = torch.nonzero(ce == c).flatten()
                     if len(sel) == 0:
                         continue
-                    w = hp[pe[sel]] * 3 + c
-                    xs = xn[sel]
+                    Dc, Uc = (self.Ds, self.U) if c or not last else self._last_DU()
+                    n, shp = len(sel), Dc.shape[1:]
+                    x = torch.addmm(Uc[je[sel]].view(n, -1), Rj[sel], Dc.view(Dc.shape[0], -1), alpha=-1.0)
+                    xn = b.norm1(x.view(n, -1, shp[-1]))  # [n, B*T', d]
                     dst = pe[sel]
-                else:
+                    w = hp[dst] * 3 + c
+                    qkv[c][dst] = torch.baddbmm(bias[w], xn, Wt[w]).view(n, *shp[:-1], -1)
+            else:
+                Ds = self.Ds
+                x = torch.mm(Rj, Ds.reshape(Ds.shape[0], -1)).view(len(pe), *Ds.shape[1:]).neg_().add_(self.U[je])
+                xn = b.norm1(x).view(len(pe), -1, x.shape[-1])  # [n, B*T, d]
+                T = x.shape[2]
+                for c in range(3):
                     w, xs, dst = hp * 3 + c, xn, pe
-                y = torch.baddbmm(bias[w], xs, Wt[w]).view(len(dst), x.shape[1], T, -1)
-                qkv[c][dst] = y[:, :, pos] if c == 0 else y
+                    y = torch.baddbmm(bias[w], xs, Wt[w]).view(len(dst), x.shape[1], T, -1)
+                    qkv[c][dst] = y[:, :, pos] if c == 0 else y
             dres = self._attend(l, hp, *(t[:, None] for t in qkv))[:, 0] - self.cur[3][hp]  # [P, B, Tq, d]
         if last:
             return self._last_tail(K, ip, hp, dres if P else None)
@@ -788,8 +819,14 @@ class _StageACDC:
         s = g.src_mlp(l)
         if self.alive[s]:
             x = self._gather([g.dest_mlp(l)], dl, K, pos)[0]
-            dl[s] = b.mlp(x, self.m.act) - self.a[s][:, pos]
+            dl[s] = self._mlp(b, x) - self.a[s][:, pos]
         return self._tail(l + 1, dl, K)
+
+    def _last_DU(self):
+        """Ds and U at the last position (contiguous), cached until U changes."""
+        if self._lastDU is None:
+            self._lastDU = (self.Ds[:, :, -1:].contiguous(), self.U[:, :, -1:].contiguous())
+        return self._lastDU
 
     def _last_tail(self, K: int, ip, hp, dres) -> torch.Tensor:
         """Last layer: the candidates' MLP and output inputs are the current ones plus the changed heads'
@@ -801,9 +838,9 @@ class _StageACDC:
             if self.cx_mlp is not None:
                 x_mlp = self.cx_mlp.expand(K, -1, -1, -1).index_add(0, ip, dres * self.w_mlp[hp][:, None, None, None])
                 s = g.src_mlp(l)
-                dm = self.m.blocks[l].mlp(x_mlp, self.m.act) - self.a[s][:, -1:] - self.cdl_mlp
+                dm = self._mlp(self.m.blocks[l], x_mlp) - self.a[s][:, -1:] - self.cdl_mlp
                 x_out = x_out + self.w_out_mlp * dm
-        return self.ctx.metric(self.m.unembed(x_out)[..., -1, :])
+        return self._metric_out(x_out)
 
     def _removed(self, R: torch.Tensor, j: int, rows, pos: slice) -> torch.Tensor:
         """Inputs [n, B, T', d] of stage receiver j for candidates `rows`: U_j - sum_s R[row, j, s] (h_s - a_s)."""
@@ -821,13 +858,13 @@ class _StageACDC:
         self._live = {}
         if self.kind == "out":
             x = self._removed(R, 0, None, slice(-1, None))
-            return self.ctx.metric(self.m.unembed(x)[..., -1, :])
+            return self._metric_out(x)
         pos = slice(-1, None) if l == g.n_layers - 1 else slice(None)
         b = self.m.blocks[l]
         dl: dict = {}
         if self.kind == "mlp":
             s = g.src_mlp(l)
-            dl[s] = b.mlp(self._removed(R, 0, None, pos), self.m.act) - self.a[s][:, pos]
+            dl[s] = self._mlp(b, self._removed(R, 0, None, pos)) - self.a[s][:, pos]
             return self._tail(l + 1, dl, K)
         return self._attn_eval(R, K)
 
