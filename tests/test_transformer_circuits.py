@@ -226,17 +226,12 @@ def test_fast_acdc_equals_reference_across_shapes(n_layers, n_ctx, tokens, layer
         assert abs(ref.extra["final_metric"] - fast.extra["final_metric"]) < 1e-10
 
 
-@pytest.mark.parametrize("split_qkv", [False, True])
-@pytest.mark.parametrize("ablation", ["resample", "zero", "mean"])
-@pytest.mark.parametrize("objective", ["recovered", "logit-diff"])
-def test_eap_from_the_model_forward_equals_the_masked_run_gradients(split_qkv, ablation, objective):
-    # EAP takes its gradients from the model's own forward pass (every destination's input a separate node);
-    # the reference takes them from the masked forward pass with every edge live, recording each input
+
+def masked_run_eap_scores(ref_ctx, objective: str) -> torch.Tensor:
+    """Reference EAP scores [n_dest, n_src]: gradients recorded at every destination's input in the masked
+    forward pass with every edge live, times the source's (ablated - clean) difference."""
     from modcircuit.circuits.transformer_graph import _objective
 
-    m, x, xc = tiny(seed=5)
-    xc = xc if ablation == "resample" else None
-    ref_ctx = TransformerPatchContext(m, x, xc, ablation=ablation, split_qkv=split_qkv)
     obj = _objective(ref_ctx, objective)
     rec: dict = {}
     with torch.enable_grad():
@@ -248,8 +243,20 @@ def test_eap_from_the_model_forward_equals_the_masked_run_gradients(split_qkv, a
     for dests, xin in rec.items():
         for i, k in enumerate(dests):
             gk = xin.grad[0, :, :, i]  # [B, T', d]
-            for s in range(g.dest_n_src(k)):
-                ref[k, s] = (gk * diff[s][:, diff.shape[2] - gk.shape[1]:]).sum()
+            for src in range(g.dest_n_src(k)):
+                ref[k, src] = (gk * diff[src][:, diff.shape[2] - gk.shape[1]:]).sum()
+    return ref
+
+@pytest.mark.parametrize("split_qkv", [False, True])
+@pytest.mark.parametrize("ablation", ["resample", "zero", "mean"])
+@pytest.mark.parametrize("objective", ["recovered", "logit-diff"])
+def test_eap_from_the_model_forward_equals_the_masked_run_gradients(split_qkv, ablation, objective):
+    # EAP takes its gradients from the model's own forward pass (every destination's input a separate node);
+    # the reference takes them from the masked forward pass with every edge live, recording each input
+    m, x, xc = tiny(seed=5)
+    xc = xc if ablation == "resample" else None
+    ref_ctx = TransformerPatchContext(m, x, xc, ablation=ablation, split_qkv=split_qkv)
+    ref = masked_run_eap_scores(ref_ctx, objective)
     for fresh in (True, False):  # clean source outputs taken from EAP's pass, or computed before it
         ctx = TransformerPatchContext(m, x, xc, ablation=ablation, split_qkv=split_qkv)
         if not fresh:
@@ -282,8 +289,6 @@ def test_model_copy_is_shared_only_while_it_equals_the_model():
 def test_eap_equals_the_masked_run_gradients_for_other_shapes(n_layers, layernorm, act, split_qkv):
     # the fused EAP pass (LayerNorm Jacobian per block, the last block at the last position only) against
     # the masked forward pass's recorded input gradients, for one and three blocks, without LayerNorm, gelu
-    from modcircuit.circuits.transformer_graph import _objective
-
     torch.manual_seed(11)
     m = GeometricTransformer(d_input=2, n_layers=n_layers, d_model=16, n_heads=2, d_head=4, d_mlp=16, n_ctx=4,
                              d_out=5, act=act, layernorm=layernorm)
@@ -293,19 +298,7 @@ def test_eap_equals_the_masked_run_gradients_for_other_shapes(n_layers, layernor
     x, xc = torch.randn(16, 4, 2), torch.randn(16, 4, 2)
     for objective in ("logit-diff", "recovered"):
         ref_ctx = TransformerPatchContext(m, x, xc, split_qkv=split_qkv)
-        obj = _objective(ref_ctx, objective)
-        rec: dict = {}
-        with torch.enable_grad():
-            emb = ref_ctx.D[:1].clone().requires_grad_(True)
-            obj(ref_ctx.run(ref_ctx.full_mask().double(), prefix=emb, record=rec)).sum().backward()
-        g = ref_ctx.graph
-        ref = torch.full((g.n_dest, g.n_src), float("nan"), dtype=torch.float64)
-        diff = (ref_ctx.a[:, 0] - ref_ctx.h[:, 0]).expand(g.n_src, *ref_ctx.h.shape[2:])
-        for dests, xin in rec.items():
-            for i, k in enumerate(dests):
-                gk = xin.grad[0, :, :, i]
-                for s in range(g.dest_n_src(k)):
-                    ref[k, s] = (gk * diff[s][:, diff.shape[2] - gk.shape[1]:]).sum()
+        ref = masked_run_eap_scores(ref_ctx, objective)
         est = eap_signed(TransformerPatchContext(m, x, xc, split_qkv=split_qkv), objective=objective)
         assert torch.equal(torch.isnan(est), torch.isnan(ref))
         both = ~torch.isnan(ref)
