@@ -615,12 +615,13 @@ class _StageACDC:
             return True
         return not self.alive[g.src_head(self.layer, h)]
 
-    def _remove(self, k: int, s: int):
+    def _remove(self, k: int, s: int, recompute: bool = True):
+        """Remove edge s -> k; recompute=False: the caller sets the heads' current values itself (_adopt)."""
         self.M[k, s] = 0.0
         j = k - self.k0
         self.U[j] = self.U[j] - self.D[s]
         self._lastDU = None
-        if self.kind == "attn":
+        if self.kind == "attn" and recompute:
             self.dirty.add(j // self.g.nq)
 
     def _mlp(self, b, x: torch.Tensor) -> torch.Tensor:
@@ -804,6 +805,7 @@ class _StageACDC:
                     y = torch.baddbmm(bias[w], xs, Wt[w]).view(len(dst), x.shape[1], T, -1)
                     qkv[c][dst] = y[:, :, pos] if c == 0 else y
             dres = self._attend(l, hp, *(t[:, None] for t in qkv))[:, 0] - self.cur[3][hp]  # [P, B, Tq, d]
+        self.chunk = (ip, hp, qkv, dres) if P else None  # what _adopt needs to make a candidate current
         if last:
             return self._last_tail(K, ip, hp, dres if P else None)
         dl: dict = {}
@@ -833,6 +835,7 @@ class _StageACDC:
         result changes along their edges (at the last position)."""
         g, l = self.g, self.layer
         x_out = self.cx_out.expand(K, -1, -1, -1)
+        x_mlp = dm = None
         if dres is not None:
             x_out = x_out.index_add(0, ip, dres * self.w_out[hp][:, None, None, None])
             if self.cx_mlp is not None:
@@ -840,7 +843,31 @@ class _StageACDC:
                 s = g.src_mlp(l)
                 dm = self._mlp(self.m.blocks[l], x_mlp) - self.a[s][:, -1:] - self.cdl_mlp
                 x_out = x_out + self.w_out_mlp * dm
+        self.chunk_tail = (x_out, x_mlp, dm)
         return self._metric_out(x_out)
+
+    def _adopt(self, chunk, tail, i: int):
+        """Make candidate i of an evaluated chunk the current circuit: its changed heads' projections and
+        results (and, in the last layer, its MLP and output inputs) become the current ones, so nothing is
+        recomputed (the removals themselves go through _remove(recompute=False))."""
+        if chunk is None:
+            return
+        ip, hp, qkv, dres = chunk
+        g, l = self.g, self.layer
+        pos = slice(-1, None) if l == g.n_layers - 1 else slice(None)
+        for p in torch.nonzero(ip == i).flatten().tolist():
+            h = int(hp[p])
+            for c in range(3):
+                self.cur[c][h] = qkv[c][p]
+            self.cur[3][h] += dres[p]
+            self.cres[h] = self.cur[3][h]
+            self.cdl[h] = self.cres[h][None] - self.a[g.src_head(l, h)][:, pos]
+        if tail is not None:
+            x_out, x_mlp, dm = tail
+            self.cx_out = x_out[i:i + 1]
+            if x_mlp is not None:
+                self.cx_mlp = x_mlp[i:i + 1]
+                self.cdl_mlp = self.cdl_mlp + dm[i:i + 1]
 
     def _removed(self, R: torch.Tensor, j: int, rows, pos: slice) -> torch.Tensor:
         """Inputs [n, B, T', d] of stage receiver j for candidates `rows`: U_j - sum_s R[row, j, s] (h_s - a_s)."""
@@ -856,6 +883,7 @@ class _StageACDC:
         self.passes += 1
         self.candidates += K
         self._live = {}
+        self.chunk = self.chunk_tail = None
         if self.kind == "out":
             x = self._removed(R, 0, None, slice(-1, None))
             return self._metric_out(x)
@@ -914,8 +942,10 @@ class _StageACDC:
             gd = e * torch.tensor(guess, dtype=e.dtype, device=e.device)[:, None, None]
             R = torch.cumsum(gd, 0) - gd + e
             m_chain, used, accepted, i0, size = self.m_cur, None, [], 0, min(self.first, self.cap)
+            chunks, last = [], -1  # per evaluated chunk: (first index, its stored values); the last accepted index
             while i0 < n - pos and used is None:
                 mets = self.evaluate(R[i0:i0 + size]).tolist()
+                chunks.append((i0, self.chunk, self.chunk_tail))
                 for i, mk in enumerate(mets, i0):
                     if used is None:
                         k, s = pend[pos + i]
@@ -925,6 +955,7 @@ class _StageACDC:
                         if removed:  # the state changes after the pass: the chain is relative to its start
                             self.m_cur = mk
                             accepted.append((k, s))
+                            last = i
                         if removed != guess[i]:
                             used = i + 1
                     else:  # beyond the first wrong guess: the effect measured in the chain is the next guess
@@ -933,8 +964,14 @@ class _StageACDC:
                         m_chain = mk
                 i0 += len(mets)
                 size = min(GROWTH * size, self.cap)
+            # the new circuit is the chain's candidate `last`: every earlier guess in the chain was right, so
+            # it removes exactly the accepted edges (see _adopt)
+            adopt = self.kind == "attn" and not self.dirty and last >= 0
             for k, s in accepted:
-                self._remove(k, s)
+                self._remove(k, s, recompute=not adopt)
+            if adopt:
+                c0, chunk, tail = max((c for c in chunks if c[0] <= last), key=lambda c: c[0])
+                self._adopt(chunk, tail, last - c0)
             pos += n - pos if used is None else used
 
 
