@@ -523,6 +523,16 @@ def acdc_fast(ctx: TransformerPatchContext, threshold: float, max_candidates: in
     return _StageACDC(ctx, float(threshold), int(max_candidates)).run(_order(ctx, order))
 
 
+@dataclass
+class Changes:
+    """A source's live - ablated value for a batch of candidates: base [1, B, T, d] for all of them, plus delta
+    [P, B, T, d] for candidates rows [P] (a candidate may appear more than once; its deltas add up)."""
+
+    base: torch.Tensor
+    rows: torch.Tensor
+    delta: torch.Tensor
+
+
 FIRST_CHUNK = 8  # a speculative chain is evaluated lazily in chunks of 8, 16, 32, ... candidates
 GROWTH = 2
 
@@ -675,18 +685,46 @@ class _StageACDC:
         return self._masks[key]
 
     def _gather(self, dests: list[int], dl: dict, K: int, pos: slice) -> torch.Tensor:
-        """Inputs [n, K, B, T', d] of later receivers: U_k + sum over live sources M[k, s] (live_s - a_s)."""
+        """Inputs [n, K, B, T', d] of later receivers: U_k + sum over live sources M[k, s] (live_s - a_s).
+
+        dl maps a source to live - ablated: one value for every candidate ([1, B, T, d]), one per candidate
+        ([K, B, T, d]) or a Changes (one value plus per-candidate changes of a few candidates). The shared
+        values are summed once, only the per-candidate parts are summed per candidate."""
         idx = [k - self.k0 for k in dests]
-        u = (self.U[idx] if len(idx) > 1 else self.U[idx[0]][None])[:, :, pos]  # [n, B, T', d]
-        if not dl:
-            return u[:, None].expand(-1, K, -1, -1, -1)
-        srcs = list(dl)
-        key = (tuple(srcs), pos.start, K)
-        live = self._live.get(key)
-        if live is None:  # the live sources stacked once per layer and position range
-            live = torch.stack([dl[s][:, :, pos].expand(K, *u.shape[1:]) for s in srcs]).view(len(srcs), -1)
-            self._live = {key: live}
-        return torch.mm(self.M[dests][:, srcs], live).view(len(dests), K, *u.shape[1:]).add_(u[:, None])
+        n = len(idx)
+        u = (self.U[idx] if n > 1 else self.U[idx[0]][None])[:, :, pos]  # [n, B, T', d]
+        Mw = self.M[dests]
+        shared, dense, changes = [], [], []
+        for s, v in dl.items():
+            if isinstance(v, Changes):
+                shared.append((s, v.base))
+                changes.append((s, v))
+            elif v.shape[0] == 1:
+                shared.append((s, v))
+            else:
+                dense.append((s, v))
+        if shared:
+            srcs = [s for s, _ in shared]
+            live = torch.stack([v[0, :, pos] for _, v in shared]).view(len(srcs), -1)
+            u = torch.addmm(u.reshape(n, -1), Mw[:, srcs], live).view_as(u)
+        if not dense:
+            x = u[:, None].expand(-1, K, -1, -1, -1).contiguous()
+        elif len(dense) == 1:
+            s, v = dense[0]
+            x = torch.addcmul(u[:, None], Mw[:, s].view(n, 1, 1, 1, 1), v[None, :, :, pos])
+        else:
+            srcs = [s for s, _ in dense]
+            key = (tuple(srcs), pos.start, K)
+            live = self._live.get(key)
+            if live is None:  # the per-candidate sources stacked once per layer and position range
+                live = torch.stack([dl[s][:, :, pos] for s in srcs]).view(len(srcs), -1)
+                self._live = {key: live}
+            x = torch.mm(Mw[:, srcs], live).view(n, K, *u.shape[1:]).add_(u[:, None])
+        for s, v in changes:
+            w = Mw[:, s]
+            if bool((w != 0).any()):
+                x.index_add_(1, v.rows, w.view(n, 1, 1, 1, 1) * v.delta[None, :, :, pos])
+        return x
 
     def _layer(self, j: int, dl: dict, K: int):
         """Recompute layer j (after the stage's) for K candidates: dl maps source -> live - ablated [K|1, B, T', d]."""
@@ -772,16 +810,22 @@ class _StageACDC:
         pairs = changed.view(K, H, nq).any(-1) & self.alive_heads  # [K, H]: candidate changes head
         ip, hp = torch.nonzero(pairs, as_tuple=True)
         P = len(ip)
+        inv = None
         if P:
-            qkv = [t[hp] for t in self.cur[:3]]  # [P, B, T', dh]: the current projections, changed below
-            # every (pair, q/k/v input) the candidate changes, all at once
-            if nq == 3:
-                pe, ce = torch.nonzero(changed.view(K, H, 3)[ip, hp], as_tuple=True)
-                je = hp[pe] * 3 + ce
+            # candidates that give a head the same inputs (a chain's candidates share most removals) share
+            # its evaluation: the distinct (head, removals into it) pairs are evaluated once
+            Rh = R.view(K, H, nq, -1)[ip, hp]  # [P, nq, s0]
+            uk, inv = torch.unique(torch.cat([hp[:, None].to(R.dtype), Rh.flatten(1)], 1), dim=0,
+                                   return_inverse=True)
+            if len(uk) < P:
+                hp, Rh = uk[:, 0].long(), uk[:, 1:].view(len(uk), nq, -1)
             else:
-                pe = torch.arange(P, device=ip.device)
-                je = hp
-            Rj = R[ip[pe], je]  # [n, s0]
+                inv = None
+            qkv = [t[hp] for t in self.cur[:3]]  # [Q, B, T', dh]: the current projections, changed below
+            # every (distinct pair, q/k/v input) that changes, all at once
+            pe, ce = torch.nonzero(Rh.ne(0).any(-1), as_tuple=True)
+            je = hp[pe] * nq + ce
+            Rj = Rh[pe, ce]  # [n, s0]
             _, Wt, bias = self._Wall
             if nq == 3:  # per component; the queries only at the positions read (the last one in the last layer)
                 for c in range(3):
@@ -804,8 +848,11 @@ class _StageACDC:
                     w, xs, dst = hp * 3 + c, xn, pe
                     y = torch.baddbmm(bias[w], xs, Wt[w]).view(len(dst), x.shape[1], T, -1)
                     qkv[c][dst] = y[:, :, pos] if c == 0 else y
-            dres = self._attend(l, hp, *(t[:, None] for t in qkv))[:, 0] - self.cur[3][hp]  # [P, B, Tq, d]
-        self.chunk = (ip, hp, qkv, dres) if P else None  # what _adopt needs to make a candidate current
+            dres = self._attend(l, hp, *(t[:, None] for t in qkv))[:, 0] - self.cur[3][hp]  # [Q, B, Tq, d]
+            # what _adopt needs to make a candidate current: per pair its head and distinct pair
+            self.chunk = (ip, hp, qkv, dres, torch.arange(P) if inv is None else inv)
+            if inv is not None:
+                hp, dres = hp[inv], dres[inv]
         if last:
             return self._last_tail(K, ip, hp, dres if P else None)
         dl: dict = {}
@@ -817,7 +864,7 @@ class _StageACDC:
             if P:
                 sel = torch.nonzero(hp == h).flatten()
                 if len(sel):
-                    dl[s] = self.cdl[h].expand(K, -1, -1, -1).index_add(0, ip[sel], dres[sel])
+                    dl[s] = Changes(self.cdl[h], ip[sel], dres[sel])
         s = g.src_mlp(l)
         if self.alive[s]:
             x = self._gather([g.dest_mlp(l)], dl, K, pos)[0]
@@ -852,10 +899,10 @@ class _StageACDC:
         recomputed (the removals themselves go through _remove(recompute=False))."""
         if chunk is None:
             return
-        ip, hp, qkv, dres = chunk
+        ip, hp, qkv, dres, inv = chunk
         g, l = self.g, self.layer
         pos = slice(-1, None) if l == g.n_layers - 1 else slice(None)
-        for p in torch.nonzero(ip == i).flatten().tolist():
+        for p in inv[ip == i].tolist():
             h = int(hp[p])
             for c in range(3):
                 self.cur[c][h] = qkv[c][p]
