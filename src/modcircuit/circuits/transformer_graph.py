@@ -533,7 +533,9 @@ class Changes:
     delta: torch.Tensor
 
 
-FIRST_CHUNK = 8  # a speculative chain is evaluated lazily in chunks of 8, 16, 32, ... candidates
+# a speculative chain is evaluated lazily in chunks: the first covers the measured guesses ahead plus 8 more
+# (unmeasured guesses fail first), then each chunk is twice the previous one
+FIRST_CHUNK = 8
 GROWTH = 2
 
 
@@ -549,8 +551,11 @@ class _StageACDC:
       * U_k = base_k + sum_{s upstream} M[k, s] (h_s - a_s) once per stage for every later receiver, the
         live values of the sources written from the stage on recomputed per candidate;
       * attention stages recompute only the q/k/v inputs a candidate changes (the other heads' current
-        projections and results are cached), and the last layer works at the last position only (the
-        output reads only there; keys and values still see every position);
+        projections and results are cached; candidates giving a head the same inputs share its
+        evaluation), and the last layer works at the last position only (the output reads only there;
+        keys and values still see every position);
+      * later receivers sum the values shared by all candidates once and only the per-candidate changes
+        per candidate (see Changes); receivers with the same incoming edges share one normalised input;
       * sources whose outgoing edges are all removed are skipped (they add exactly nothing), and an edge
         into such a dead receiver, or from a source equal to its ablated value, scores exactly 0;
       * ACDC's sequential rule is kept exactly by speculation: a batch evaluates a chain of candidates, each
@@ -559,7 +564,8 @@ class _StageACDC:
         "kept" for every edge; the effects measured in a chain beyond its first wrong guess become the
         guesses of the next chain. Chains are evaluated lazily in growing chunks (state changes are applied
         after a chain, every chunk is relative to the chain's start). Results never depend on the guesses,
-        only the amount of work does.
+        only the amount of work does. The circuit after a chain is one of its evaluated candidates, whose
+        values become the current ones (_adopt) without recomputation.
     """
 
     def __init__(self, ctx: TransformerPatchContext, thr: float, max_candidates: int):
@@ -1012,6 +1018,7 @@ class _StageACDC:
         for i, (k, s) in enumerate(pend):
             E[i, k - self.k0, s] = 1.0
         pred = [False] * n  # guessed outcomes (True: removed); first "kept", then each edge's measured effect
+        measured = [False] * n  # whether pred is a measurement (those guesses are rarely wrong)
         pos = 0
         while pos < n:
             # a chain from the current state: candidate i removes edge i and every earlier edge of the chain
@@ -1020,7 +1027,9 @@ class _StageACDC:
             guess = pred[pos:]
             gd = e * torch.tensor(guess, dtype=e.dtype, device=e.device)[:, None, None]
             R = torch.cumsum(gd, 0) - gd + e
-            m_chain, used, accepted, i0, size = self.m_cur, None, [], 0, min(self.first, self.cap)
+            # the first chunk covers the measured guesses ahead plus FIRST_CHUNK unmeasured ones
+            ahead = next((i for i in range(pos, n) if not measured[i]), n) - pos
+            m_chain, used, accepted, i0, size = self.m_cur, None, [], 0, min(ahead + self.first, self.cap)
             chunks, last = [], -1  # per evaluated chunk: (first index, its stored values); the last accepted index
             while i0 < n - pos and used is None:
                 mets = self.evaluate(R[i0:i0 + size]).tolist()
@@ -1039,6 +1048,7 @@ class _StageACDC:
                             used = i + 1
                     else:  # beyond the first wrong guess: the effect measured in the chain is the next guess
                         pred[pos + i] = mk - m_chain < thr
+                        measured[pos + i] = True
                     if guess[i]:
                         m_chain = mk
                 i0 += len(mets)
