@@ -739,9 +739,7 @@ class _StageACDC:
         pos = slice(-1, None) if j == g.n_layers - 1 else slice(None)
         heads = [h for h in range(g.n_heads) if self.alive[g.src_head(j, h)]]
         if heads:
-            xq, xk, xv = self._attn_inputs(j, heads, dl, K, pos)
-            res = self._attend(j, heads, self._project(j, 0, heads, xq), self._project(j, 1, heads, xk),
-                               self._project(j, 2, heads, xv))  # [Hc, K, B, Tq, d]
+            res = self._attend(j, heads, *self._attn_qkv(j, heads, dl, K, pos))  # [Hc, K, B, Tq, d]
             for i, h in enumerate(heads):
                 s = g.src_head(j, h)
                 dl[s] = res[i] - self.a[s][:, pos]
@@ -750,11 +748,12 @@ class _StageACDC:
             x = self._gather([g.dest_mlp(j)], dl, K, pos)[0]
             dl[s] = self._mlp(b, x) - self.a[s][:, pos]
 
-    def _attn_inputs(self, j: int, heads: list[int], dl: dict, K: int, pos: slice):
-        """LayerNormed q, k, v inputs [len(heads), K, B, T', d] of layer j's heads (queries at positions pos).
+    def _attn_qkv(self, j: int, heads: list[int], dl: dict, K: int, pos: slice):
+        """q, k, v projections [len(heads), K, B, T', dh] of layer j's heads (queries at positions pos).
         Receivers with the same incoming edges read the same input (every receiver of a layer has the same
-        ablated base), so each distinct input is gathered and normalised once: once most edges are kept, one
-        or two distinct inputs serve all of a layer's q, k and v."""
+        ablated base), so each distinct input is gathered, normalised and projected (one matrix product for
+        every head and q/k/v reading it) once: once most edges are kept, one or two distinct inputs serve all
+        of a layer's receivers."""
         g, b, nq = self.g, self.m.blocks[j], self.g.nq
         dests = [g.dest_attn(j, h, c) for h in heads for c in range(nq)]
         which, reps, full = [], [], []  # per receiver its distinct input; per distinct input a receiver, all T?
@@ -768,24 +767,32 @@ class _StageACDC:
             full[u] = full[u] or i % nq != 0 or nq == 1  # keys and values read every position
         if len(reps) == len(dests):  # all distinct: per component, the queries at pos only
             if nq == 3:
-                return tuple(b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], dl, K, p))
-                             for c, p in ((0, pos), (1, slice(None)), (2, slice(None))))
-            x = b.norm1(self._gather(dests, dl, K, slice(None)))
-            return x[:, :, :, pos], x, x
-        table = {}
+                xq, xk, xv = (b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], dl, K, p))
+                              for c, p in ((0, pos), (1, slice(None)), (2, slice(None))))
+            else:
+                xk = xv = b.norm1(self._gather(dests, dl, K, slice(None)))
+                xq = xk[:, :, :, pos]
+            return self._project(j, 0, heads, xq), self._project(j, 1, heads, xk), self._project(j, 2, heads, xv)
+        Wqkv = (b.W_Q, b.W_K, b.W_V)
+        bqkv = (b.b_Q, b.b_K, b.b_V)
+        dh = b.d_head
+        out: list = [[None] * len(heads) for _ in range(3)]
         for need_all, p in ((True, slice(None)), (False, pos)):
             us = [u for u in range(len(reps)) if full[u] == need_all]
-            if us:
-                x = b.norm1(self._gather([reps[u] for u in us], dl, K, p))
-                table.update({u: (x, i, need_all) for i, u in enumerate(us)})
-
-        def inputs(c, p):
-            parts = []
-            for hi in range(len(heads)):
-                x, i, need_all = table[which[hi * nq + c]]
-                parts.append(x[i][:, :, p] if need_all else x[i])
-            return torch.stack(parts)
-        return inputs(0, pos), inputs(1 % nq, slice(None)), inputs(2 % nq, slice(None))
+            if not us:
+                continue
+            xn = b.norm1(self._gather([reps[u] for u in us], dl, K, p))  # [n_u, K, B, T', d]
+            for i, u in enumerate(us):
+                # every (head, q/k/v) reading input u: c in 0..2 (without split_qkv one receiver feeds all three)
+                readers = [(hi, c) for hi in range(len(heads)) for c in range(3) if which[hi * nq + c % nq] == u]
+                rows = [slice(heads[hi] * dh, (heads[hi] + 1) * dh) for hi, _ in readers]
+                W = torch.cat([Wqkv[c][r] for (_, c), r in zip(readers, rows)])
+                bias = torch.cat([bqkv[c][r] for (_, c), r in zip(readers, rows)])
+                y = F.linear(xn[i], W, bias)  # [K, B, T', n_readers * dh]
+                for r, (hi, c) in enumerate(readers):
+                    part = y[..., r * dh:(r + 1) * dh]
+                    out[c][hi] = part[:, :, pos] if c == 0 and need_all else part
+        return tuple(torch.stack(parts) for parts in out)
 
     def _tail(self, j: int, dl: dict, K: int) -> torch.Tensor:
         """From layer j on (the sources before it in dl) to the metric [K]."""
