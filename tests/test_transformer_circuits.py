@@ -284,6 +284,28 @@ def test_model_copy_is_shared_only_while_it_equals_the_model():
     assert TransformerPatchContext(m, x, xc).model is not c3.model
 
 
+def test_model_in_the_context_dtype_is_viewed_not_copied():
+    m, x, xc = tiny(seed=7)
+    ctx = TransformerPatchContext(m, x, xc, dtype=torch.float32)
+    view = ctx.model
+    assert view is not m and view.blocks[0].W_Q.data_ptr() == m.blocks[0].W_Q.data_ptr()
+    assert not any(p.requires_grad for p in view.parameters()) and not view.training
+    m.train()
+    with torch.no_grad():
+        m.blocks[0].W_Q.data.add_(0.5)  # seen through the shared storage
+    c2 = TransformerPatchContext(m, x, xc, dtype=torch.float32)
+    assert c2.model is view and not c2.model.training
+    assert (c2.target - m(x)).abs().max().item() < 1e-6
+    m.blocks[1].W_V = torch.nn.Parameter(m.blocks[1].W_V.detach() * 2)  # a replaced tensor: a new view
+    c3 = TransformerPatchContext(m, x, xc, dtype=torch.float32)
+    assert c3.model is not view
+    assert (c3.target - m(x)).abs().max().item() < 1e-6
+    for method in ("eap", "eap-ig", "probing"):  # methods with gradients leave the model's .grad alone
+        discover_transformer(m, x, xc, method=method, dtype=torch.float32)
+    assert all(p.grad is None for p in m.parameters())
+    assert all(p.requires_grad for p in m.parameters())
+
+
 @pytest.mark.parametrize("n_layers,layernorm,act,split_qkv", [(1, True, "gelu", True), (3, False, "relu", False),
                                                                 (3, True, "gelu", True)])
 def test_eap_equals_the_masked_run_gradients_for_other_shapes(n_layers, layernorm, act, split_qkv):

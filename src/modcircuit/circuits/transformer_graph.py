@@ -173,6 +173,7 @@ class TransformerGraph:
 
 # ---- patching ------------------------------------------------------------------------------------
 _COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_VIEWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _tensors(module) -> list:
@@ -203,9 +204,29 @@ def _same(model, entry) -> bool:
     return equal(_flat(ours), snap) and equal(_flat(_tensors(m)), snap_m)
 
 
+def _model_view(model: GeometricTransformer) -> GeometricTransformer:
+    """An eval-mode module sharing the model's storage, without gradients: it always holds the model's
+    current values (in-place changes, .data included, are seen without any check) and nothing done with it
+    reaches the model's .grad. Rebuilt when a tensor is replaced (its storage changes) or the
+    configuration changes."""
+    ours = _tensors(model)
+    sig = (repr(model.config()), [(t.data_ptr(), t.shape, t.dtype) for t in ours])
+    entry = _VIEWS.get(model)
+    if entry is not None and entry[0] == sig:
+        return entry[1]
+    memo = {id(t): (torch.nn.Parameter(t.detach(), requires_grad=False) if isinstance(t, torch.nn.Parameter)
+                    else t.detach()) for t in ours}
+    view = copy.deepcopy(model, memo).eval()
+    _VIEWS[model] = (sig, view)
+    return view
+
+
 def _model_copy(model: GeometricTransformer, dtype) -> GeometricTransformer:
     """An eval-mode copy of model in dtype without gradients, shared by contexts while it still equals the
-    model (deep-copying a module costs milliseconds, a sizeable part of a fast EAP run)."""
+    model (deep-copying a module costs milliseconds, a sizeable part of a fast EAP run). A model already in
+    dtype is not copied but viewed (_model_view)."""
+    if all(t.dtype == dtype for t in _tensors(model) if t.is_floating_point()):
+        return _model_view(model)
     key = (dtype, str(next(model.parameters()).device))
     entry = _COPIES.get(model, {}).get(key)
     if entry is not None and _same(model, entry):
