@@ -156,6 +156,17 @@ def test_cli_discover_and_evaluate(run_dir, tmp_path, capsys):
     assert "accuracy" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def test_cli_discover_in_float32(run_dir, tmp_path, capsys):
+    out64, out32 = tmp_path / "c64.json", tmp_path / "c32.json"
+    for out, extra in ((out64, []), (out32, ["--precision", "float32"])):
+        assert main(["discover", str(run_dir), "--threshold", "0.01", "--out", str(out), "--json", *extra]) in (0, None)
+    capsys.readouterr()
+    c64, c32 = load_circuit(out64), load_circuit(out32)
+    assert c64.extra["dtype"] == "float64" and c32.extra["dtype"] == "float32"
+    s64, s32 = torch.cat([s.flatten() for s in c64.scores]), torch.cat([s.flatten() for s in c32.scores])
+    assert torch.allclose(s32, s64, atol=1e-4) and not torch.equal(s32, s64)  # float32 arithmetic, same scores
+
+
 @pytest.mark.parametrize("arrays,match", [
     (dict(clean=np.zeros((5, 2))), "needs 'clean' and 'corrupt'"),
     (dict(clean=np.zeros((5, 2)), corrupt=np.zeros((4, 2))), "must match"),
@@ -174,7 +185,8 @@ def test_cli_bad_npz(run_dir, tmp_path, capsys, arrays, match):
 def test_cli_bad_values(run_dir, tmp_path, capsys):
     out = tmp_path / "c.json"
     for args, match in [(["--method", "nope"], "unknown method"), (["--threshold", "nan"], "threshold"),
-                        (["--threshold=-1"], "threshold"), (["--metric", "l2"], "unknown metric")]:
+                        (["--threshold=-1"], "threshold"), (["--metric", "l2"], "unknown metric"),
+                        (["--precision", "float16"], "unknown precision 'float16'; allowed: float32, float64")]:
         assert main(["discover", str(run_dir), "--out", str(out), *args]) == 2
         assert match in capsys.readouterr().err
     assert not out.exists()

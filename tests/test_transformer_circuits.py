@@ -157,6 +157,18 @@ def test_bad_arguments():
         TransformerPatchContext(m, x, xc[:3])
     with pytest.raises(ModcircuitError, match="ablation"):
         TransformerPatchContext(m, x, xc, ablation="noise")
+    with pytest.raises(ModcircuitError, match="unknown dtype 'float16'; allowed: float32, float64"):
+        mc.discover(m, x, xc, dtype=torch.float16)
+
+
+def test_float32_discovery_through_discover():
+    m, x, xc = tiny(seed=3)
+    c64 = mc.discover(m, x, xc, method="acdc", threshold=0.01)
+    c32 = mc.discover(m, x, xc, method="acdc", threshold=0.01, dtype="float32")
+    assert (c64.extra["dtype"], c32.extra["dtype"]) == ("float64", "float32")
+    both = ~torch.isnan(c64.scores[0])
+    assert torch.allclose(c32.scores[0][both], c64.scores[0][both], atol=1e-4)
+    assert not torch.equal(c32.scores[0][both], c64.scores[0][both])
 
 
 def test_fast_acdc_with_an_interleaved_order_equals_reference():

@@ -22,6 +22,7 @@ from .circuit import Circuit
 from .discover import discover, task_metric
 from .methods import method_names
 from .metrics import evaluate
+from .patching import check_dtype
 
 
 def load_npz(path: Path) -> dict:
@@ -82,14 +83,17 @@ def discover_cmd(
     ablation: str = typer.Option("resample", "--ablation", help="resample | zero | mean"),
     examples: Optional[int] = typer.Option(None, "--examples", help="use this many task test examples"),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="keep the k best-scored edges instead"),
+    precision: str = typer.Option("float64", "--precision",
+                                  help="float64 (default) | float32 (faster; what auto-circuit uses)"),
     json_output: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
     """Discover the circuit of a trained model and write it as JSON."""
+    dtype = check_dtype(precision, "precision")  # before any work
     model, task = _load_run(run)
     source = _data(task, data)
     if metric is None:
         metric = task_metric(task) if task is not None else "kl"
-    kwargs = dict(method=method, threshold=threshold, metric=metric, ablation=ablation, top_k=top_k)
+    kwargs = dict(method=method, threshold=threshold, metric=metric, ablation=ablation, top_k=top_k, dtype=dtype)
     if hasattr(source, "patching_pairs"):
         kwargs["examples"] = examples
     if json_output:

@@ -11,7 +11,7 @@ from ..tasks.base import Task
 from .circuit import Circuit
 from .graph import Graph, as_mlp
 from .methods import get_method
-from .patching import PatchContext, check_choice, check_threshold
+from .patching import PatchContext, check_choice, check_dtype, check_threshold
 
 
 def task_metric(task: Task) -> str:
@@ -44,7 +44,8 @@ def resolve_data(model, data, corrupt=None, labels=None, *, split: str = "test",
 
 def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: float = 0.01, metric: str | None = None,
              ablation: str = "resample", labels=None, top_k: int | None = None, split: str = "test",
-             examples: int | None = None, data_seed: int | None = None, progress=None, **options) -> Circuit:
+             examples: int | None = None, data_seed: int | None = None, progress=None, dtype=torch.float64,
+             **options) -> Circuit:
     """Find the circuit of `model` on clean inputs (vs corrupt ones for resample ablation).
 
         discover(model, clean, corrupt, method="acdc", threshold=0.01, metric="kl", ablation="resample")
@@ -52,7 +53,8 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
 
     metric: "kl" (KL(model || circuit), batchmean) or "mse" (to the model's outputs); default: the task's
     (kl for classification, mse for regression), "kl" for raw data. Score-only methods keep the edges whose
-    score is >= threshold, or the `top_k` best. Extra keyword options go to the method.
+    score is >= threshold, or the `top_k` best. dtype: precision of the patched runs, torch.float64 (default)
+    or torch.float32 (or "float32"; faster, what auto-circuit uses). Extra keyword options go to the method.
     """
     from ..nn.transformer import GeometricTransformer
 
@@ -61,9 +63,10 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
 
         return discover_transformer(model, data, corrupt, method=method, threshold=threshold, metric=metric,
                                     ablation=ablation, top_k=top_k, split=split, n=examples, seed=data_seed,
-                                    **options)
+                                    dtype=dtype, **options)
     model = as_mlp(model)
     fn = get_method(method)
+    dtype = check_dtype(dtype)
     threshold = check_threshold(threshold)
     clean, corrupt, labels, task = resolve_data(model, data, corrupt, labels, split=split, n=examples, seed=data_seed)
     if metric is None:
@@ -78,7 +81,7 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     if progress is not None and "progress" in allowed:
         options["progress"] = progress
     t0 = time.perf_counter()
-    ctx = PatchContext(model, clean, corrupt, metric=metric, ablation=ablation, labels=labels)
+    ctx = PatchContext(model, clean, corrupt, metric=metric, ablation=ablation, labels=labels, dtype=dtype)
     res = fn(ctx, threshold, **options)
     seconds = time.perf_counter() - t0
     graph = Graph.of(model, task.input_names if task else None, task.output_names if task else None)
@@ -96,6 +99,7 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     if task is not None:
         extra["task"] = task.name
     extra["examples"] = ctx.batch
+    extra["dtype"] = str(dtype).replace("torch.", "")
     return Circuit(scores, mask, method, threshold, metric, ablation, seconds, int(res.forward_passes),
                    list(model.widths), graph.node_names, ctx.means, extra)
 

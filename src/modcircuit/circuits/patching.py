@@ -152,6 +152,18 @@ def _as_tensor(x, what: str) -> torch.Tensor:
         raise ModcircuitError(f"{what} is not an array of numbers: {e}")
 
 
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
+
+
+def check_dtype(dtype, what: str = "dtype") -> torch.dtype:
+    """The precision of the patched runs: torch.float64 (default) or torch.float32, or their names."""
+    if isinstance(dtype, str) and dtype in PRECISIONS:
+        return PRECISIONS[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in PRECISIONS.values():
+        return dtype
+    raise choice_error(what, str(dtype).replace("torch.", ""), PRECISIONS)
+
+
 def check_threshold(threshold) -> float:
     if isinstance(threshold, bool):
         raise ModcircuitError(f"threshold {threshold!r} is not a number; give a number >= 0")

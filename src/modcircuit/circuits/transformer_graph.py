@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from ..errors import ModcircuitError, choice_error
 from ..nn.transformer import GeometricTransformer
 from .methods.eap import _objective  # the same objectives as the MLP's EAP (needs ctx.full_masks)
+from .patching import check_dtype
 
 METRICS = ("kl", "mse")
 ABLATIONS = ("resample", "zero", "mean")
@@ -1391,6 +1392,7 @@ def discover_transformer(model, data, corrupt=None, *, method: str = "acdc", thr
 
     if method not in METHODS:
         raise choice_error("method", method, METHODS)
+    dtype = check_dtype(dtype)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
             or threshold < 0:
         raise ModcircuitError(f"threshold {threshold!r} is not allowed; give a finite number >= 0")
@@ -1419,7 +1421,7 @@ def discover_transformer(model, data, corrupt=None, *, method: str = "acdc", thr
         mask = res.mask.cpu().bool()
     else:
         mask = (scores >= threshold) & ctx.allowed.cpu()
-    extra = dict(res.extra, examples=ctx.batch)
+    extra = dict(res.extra, examples=ctx.batch, dtype=str(dtype).replace("torch.", ""))
     if task is not None:
         extra["task"] = task.name
     return TransformerCircuit([scores], [mask], method, float(threshold), metric, ablation, seconds,
