@@ -186,7 +186,8 @@ def test_cli_bad_values(run_dir, tmp_path, capsys):
     out = tmp_path / "c.json"
     for args, match in [(["--method", "nope"], "unknown method"), (["--threshold", "nan"], "threshold"),
                         (["--threshold=-1"], "threshold"), (["--metric", "l2"], "unknown metric"),
-                        (["--precision", "float16"], "unknown precision 'float16'; allowed: float32, float64")]:
+                        (["--precision", "float16"], "unknown precision 'float16'; allowed: float32, float64"),
+                        (["--split-qkv"], "--split-qkv is for transformer runs")]:
         assert main(["discover", str(run_dir), "--out", str(out), *args]) == 2
         assert match in capsys.readouterr().err
     assert not out.exists()

@@ -339,3 +339,54 @@ def test_eap_equals_the_masked_run_gradients_for_other_shapes(n_layers, layernor
         scale = max(1.0, ref[both].abs().max().item())  # without LayerNorm scores reach ~20: rounding grows alike
         assert torch.allclose(est[both], ref[both], atol=1e-12 * scale, rtol=0)
         assert ref[both].abs().max() > 1e-3
+
+
+def test_transformer_circuit_file_round_trip_and_evaluate(tmp_path):
+    from modcircuit.circuits import Circuit, evaluate, load_circuit
+    from modcircuit.circuits.circuit import CircuitBase, TransformerCircuit
+
+    m, x, xc = tiny(seed=4)
+    c = discover_transformer(m, x, xc, method="acdc", threshold=0.02, split_qkv=True)
+    path = c.save(tmp_path / "c.json")
+    back = load_circuit(path, m)
+    assert isinstance(back, TransformerCircuit) and isinstance(CircuitBase.load(path), TransformerCircuit)
+    assert torch.equal(back.mask[0], c.mask[0]) and back.graph == c.graph and back.edge_set() == c.edge_set()
+    assert torch.allclose(back.scores[0], c.scores[0], equal_nan=True)
+    with pytest.raises(ModcircuitError, match="holds a TransformerCircuit, not a Circuit"):
+        Circuit.load(path)
+    with pytest.raises(ModcircuitError, match="for a GeometricTransformer"):
+        load_circuit(path, torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    other = GeometricTransformer(d_vocab=7, n_layers=3, d_model=16, n_heads=2, d_head=4, d_mlp=16, n_ctx=3, d_out=5)
+    with pytest.raises(ModcircuitError, match="3 x 2"):
+        load_circuit(path, other)
+
+    rep = evaluate(m, back, (x, xc))
+    assert rep["n_edges"] == c.graph.n_edges and rep["n_kept"] == c.n_kept
+    assert abs(rep["logit_gap"] - logit_gap(m, c, x, xc)) < 1e-12
+    assert rep["n_nodes"] == 1 + 2 * 3 + 1 and 0 < rep["n_nodes_kept"] <= rep["n_nodes"]
+    assert rep["curve"]["edges"][-1] == c.graph.n_edges and rep["curve"]["faithfulness"][-1] == pytest.approx(1.0)
+    full = back.with_mask([c.graph.allowed])
+    empty = back.with_mask([torch.zeros_like(c.graph.allowed)])
+    rep_full, rep_empty = evaluate(m, full, (x, xc)), evaluate(m, empty, (x, xc))
+    assert rep_full["logit_gap"] < 1e-12 and rep_full["faithfulness"] == pytest.approx(1.0)
+    assert rep_empty["faithfulness"] == pytest.approx(0.0) and rep_empty["n_nodes_kept"] == 0
+    ctx = TransformerPatchContext(m, x, xc, split_qkv=True)
+    assert rep_empty["logit_gap"] == pytest.approx((ctx.corrupt_out - ctx.target).abs().mean().item())
+
+
+def test_cli_discover_evaluate_on_a_transformer_run(tmp_path, capsys):
+    import json
+
+    from modcircuit.cli import main
+
+    task = mc.get_task("modular-addition-transformer", seed=0, p=11, n_layers=1, d_model=16, n_heads=2, d_head=4,
+                       d_mlp=16)
+    mc.train(task, "bimt", seed=0, steps=30).save(tmp_path / "run")
+    out = tmp_path / "c.json"
+    assert main(["discover", str(tmp_path / "run"), "--threshold", "0.01", "--out", str(out), "--json",
+                 "--precision", "float32"]) in (0, None)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_edges"] == 9  # embed -> 2 heads, MLP, output (4); 2 heads -> MLP, output (4); MLP -> output
+    assert main(["evaluate", str(tmp_path / "run"), str(out), "--json"]) in (0, None)
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["n_kept"] == summary["n_kept"] and 0 <= rep["accuracy"] <= 1 and rep["agreement"] is not None

@@ -18,7 +18,7 @@ import torch
 import typer
 
 from ..errors import ModcircuitError
-from .circuit import Circuit
+from .circuit import load_circuit
 from .discover import discover, task_metric
 from .methods import method_names
 from .metrics import evaluate
@@ -85,15 +85,22 @@ def discover_cmd(
     top_k: Optional[int] = typer.Option(None, "--top-k", help="keep the k best-scored edges instead"),
     precision: str = typer.Option("float64", "--precision",
                                   help="float64 (default) | float32 (faster; what auto-circuit uses)"),
+    split_qkv: bool = typer.Option(False, "--split-qkv", help="transformers: q, k and v inputs as separate receivers"),
     json_output: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
     """Discover the circuit of a trained model and write it as JSON."""
     dtype = check_dtype(precision, "precision")  # before any work
     model, task = _load_run(run)
+    from ..nn.transformer import GeometricTransformer
+
+    if split_qkv and not isinstance(model, GeometricTransformer):
+        raise ModcircuitError(f"--split-qkv is for transformer runs; {str(run)!r} holds a {type(model).__name__}")
     source = _data(task, data)
     if metric is None:
         metric = task_metric(task) if task is not None else "kl"
     kwargs = dict(method=method, threshold=threshold, metric=metric, ablation=ablation, top_k=top_k, dtype=dtype)
+    if split_qkv:
+        kwargs["split_qkv"] = True
     if hasattr(source, "patching_pairs"):
         kwargs["examples"] = examples
     if json_output:
@@ -124,7 +131,7 @@ def evaluate_cmd(
 ):
     """Score a circuit: faithfulness, task accuracy, sparsity, cost, ground truth where known."""
     model, task = _load_run(run)
-    circuit = Circuit.load(circuit_file, model)
+    circuit = load_circuit(circuit_file, model)
     report = evaluate(model, circuit, _data(task, data))
     if json_output:
         typer.echo(json.dumps(report, allow_nan=False, default=str))

@@ -100,8 +100,8 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
         extra["task"] = task.name
     extra["examples"] = ctx.batch
     extra["dtype"] = str(dtype).replace("torch.", "")
-    return Circuit(scores, mask, method, threshold, metric, ablation, seconds, int(res.forward_passes),
-                   list(model.widths), graph.node_names, ctx.means, extra)
+    return Circuit(scores, mask, method, threshold, metric, ablation, seconds, int(res.forward_passes), extra,
+                   widths=list(model.widths), node_names=graph.node_names, means=ctx.means)
 
 
 def top_k_mask(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:

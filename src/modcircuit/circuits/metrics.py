@@ -1,6 +1,8 @@
 """Scoring a circuit: faithfulness to the model, task performance, sparsity, cost, ground truth.
 
-evaluate(model, circuit, task_or_data) -> dict (JSON-ready):
+evaluate(model, circuit, task_or_data) -> dict (JSON-ready), for an MLP's Circuit and a transformer's
+TransformerCircuit alike (outputs of a transformer at the last position; its nodes are embed, heads,
+MLPs and the output):
   logit_gap      mean |circuit outputs - model outputs|
   kl / mse       KL(model || circuit) batchmean (kl only for the "kl" metric) and MSE to the model
   divergence     the circuit's own metric (kl or mse) to the model; divergence_empty: same for the empty circuit
@@ -24,20 +26,31 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from ..errors import ModcircuitError
-from ..tasks.base import Task
-from .circuit import Circuit
+from .circuit import CircuitBase, TransformerCircuit
 from .discover import resolve_data, top_k_mask
 from .graph import as_mlp
 from .patching import PatchContext, divergence
 
 
-def evaluate(model, circuit: Circuit, task_or_data, *, curve_points: int = 12, split: str = "test",
-             examples: int | None = None, data_seed: int | None = None) -> dict:
-    model = as_mlp(model)
+def patch_context(model, circuit: CircuitBase, clean, corrupt=None, labels=None):
+    """The patching context a circuit of this kind runs in (the circuit's metric and ablation)."""
     circuit.check_model(model)
+    if isinstance(circuit, TransformerCircuit):
+        from .transformer_graph import TransformerPatchContext
+
+        return TransformerPatchContext(model, clean, corrupt, metric=circuit.metric, ablation=circuit.ablation,
+                                       split_qkv=circuit.graph.split_qkv, labels=labels)
+    return PatchContext(as_mlp(model), clean, corrupt, metric=circuit.metric, ablation=circuit.ablation,
+                        labels=labels, means=circuit.means)
+
+
+def evaluate(model, circuit: CircuitBase, task_or_data, *, curve_points: int = 12, split: str = "test",
+             examples: int | None = None, data_seed: int | None = None) -> dict:
+    circuit.check_model(model)
+    if not isinstance(circuit, TransformerCircuit):
+        model = as_mlp(model)
     clean, corrupt, labels, task = resolve_data(model, task_or_data, split=split, n=examples, seed=data_seed)
-    ctx = PatchContext(model, clean, corrupt, metric=circuit.metric, ablation=circuit.ablation, labels=labels,
-                       means=circuit.means)
+    ctx = patch_context(model, circuit, clean, corrupt, labels)
     with torch.no_grad():
         out = ctx.forward([m.to(ctx.device) for m in circuit.mask])
         empty = ctx.forward(ctx.full_masks(False))
@@ -52,20 +65,19 @@ def evaluate(model, circuit: Circuit, task_or_data, *, curve_points: int = 12, s
     rep["divergence"], rep["divergence_empty"] = d_c, d_e
     rep["faithfulness"] = _normalize(d_e, d_c, 0.0)
     rep.update(_task_scores(model, ctx, out, empty, labels, task))
-    nodes = circuit.nodes_kept()
     rep.update({
         "n_edges": circuit.n_edges, "n_kept": circuit.n_kept, "edge_fraction": circuit.n_kept / circuit.n_edges,
-        "n_nodes": int(sum(len(x) for x in nodes)), "n_nodes_kept": int(sum(int(x.sum()) for x in nodes)),
+        "n_nodes": circuit.n_nodes, "n_nodes_kept": circuit.n_nodes_kept,
         "seconds": circuit.seconds, "forward_passes": circuit.forward_passes,
     })
     rep["node_fraction"] = rep["n_nodes_kept"] / rep["n_nodes"]
-    curve = faithfulness_curve(ctx, circuit.scores, curve_points)
+    curve = faithfulness_curve(ctx, circuit.scores, curve_points, n_edges=circuit.n_edges)
     rep["curve"] = curve
     rep["curve_area"] = curve_area(curve)
     edge_truth = getattr(task, "edge_truth", None) if task is not None else None
     if edge_truth is not None:
         rep.update(_prefixed("edges", roc(circuit.scores, edge_truth)))
-    if task is not None and task.ground_truth is not None:
+    if task is not None and task.ground_truth is not None and not isinstance(circuit, TransformerCircuit):
         rep.update(_prefixed("inputs", roc(input_scores(model, circuit.scores), task.ground_truth)))
     return rep
 
@@ -111,8 +123,10 @@ def edge_counts(n_edges: int, points: int) -> list[int]:
     return [0] + [int(x) for x in xs if 1 <= x <= n_edges]
 
 
-def faithfulness_curve(ctx: PatchContext, scores: list[torch.Tensor], points: int = 12) -> dict:
-    counts = edge_counts(sum(s.numel() for s in scores), points)
+def faithfulness_curve(ctx, scores: list[torch.Tensor], points: int = 12, n_edges: int | None = None) -> dict:
+    """Divergence and faithfulness of the top-n edges by score for log-spaced n. n_edges: how many entries
+    are edges (default all; a transformer's score tensor also holds non-edges, NaN, which rank last)."""
+    counts = edge_counts(n_edges if n_edges is not None else sum(s.numel() for s in scores), points)
     with torch.no_grad():
         d_e = ctx.metric(ctx.forward(ctx.full_masks(False))).item()
         divs = [ctx.metric(ctx.forward([m.to(ctx.device) for m in top_k_mask(scores, k)])).item() for k in counts]

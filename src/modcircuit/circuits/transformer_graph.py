@@ -34,14 +34,10 @@ that keep ACDC's sequential rule exactly.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
-import tempfile
 import time
 import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +45,8 @@ import torch.nn.functional as F
 from ..errors import ModcircuitError, choice_error
 from ..nn.transformer import GeometricTransformer
 from .methods.eap import _objective  # the same objectives as the MLP's EAP (needs ctx.full_masks)
+from .circuit import TransformerCircuit
+from .graph import TransformerGraph
 from .patching import check_dtype
 
 METRICS = ("kl", "mse")
@@ -64,112 +62,6 @@ def divergence(metric: str, out: torch.Tensor, target: torch.Tensor) -> torch.Te
     if metric == "mse":
         return ((out - target) ** 2).mean((-1, -2))
     raise choice_error("metric", metric, METRICS)
-
-
-_ALLOWED: dict = {}  # the edge mask per graph shape
-
-
-# ---- the graph -----------------------------------------------------------------------------------
-@dataclass
-class TransformerGraph:
-    n_layers: int
-    n_heads: int
-    split_qkv: bool = False
-
-    @classmethod
-    def of(cls, model: GeometricTransformer, split_qkv: bool = False) -> "TransformerGraph":
-        return cls(model.n_layers, model.n_heads, bool(split_qkv))
-
-    @property
-    def nq(self) -> int:
-        return 3 if self.split_qkv else 1
-
-    # sources: embed, then per layer its heads and its MLP
-    def src_head(self, l: int, h: int) -> int:
-        return 1 + l * (self.n_heads + 1) + h
-
-    def src_mlp(self, l: int) -> int:
-        return 1 + l * (self.n_heads + 1) + self.n_heads
-
-    @property
-    def n_src(self) -> int:
-        return 1 + self.n_layers * (self.n_heads + 1)
-
-    def n_src_before(self, l: int) -> int:
-        """Sources written before layer l's attention reads."""
-        return 1 + l * (self.n_heads + 1)
-
-    # destinations: per layer its heads' inputs (q,k,v per head when split), its MLP; then the output
-    def dest_attn(self, l: int, h: int, c: int = 0) -> int:
-        return l * (self.nq * self.n_heads + 1) + h * self.nq + c
-
-    def dest_mlp(self, l: int) -> int:
-        return l * (self.nq * self.n_heads + 1) + self.nq * self.n_heads
-
-    @property
-    def dest_out(self) -> int:
-        return self.n_layers * (self.nq * self.n_heads + 1)
-
-    @property
-    def n_dest(self) -> int:
-        return self.dest_out + 1
-
-    def dest_layer(self, k: int) -> int:
-        """The layer whose computation reads destination k (n_layers for the output)."""
-        return min(k // (self.nq * self.n_heads + 1), self.n_layers)
-
-    def dest_n_src(self, k: int) -> int:
-        """How many sources (a prefix of the source order) feed destination k."""
-        if k == self.dest_out:
-            return self.n_src
-        l = self.dest_layer(k)
-        return self.n_src_before(l) + (self.n_heads if k == self.dest_mlp(l) else 0)
-
-    @property
-    def allowed(self) -> torch.Tensor:
-        key = (self.n_layers, self.n_heads, self.split_qkv)
-        if key not in _ALLOWED:
-            A = torch.zeros(self.n_dest, self.n_src, dtype=torch.bool)
-            for k in range(self.n_dest):
-                A[k, : self.dest_n_src(k)] = True
-            _ALLOWED[key] = A
-        return _ALLOWED[key].clone()
-
-    @property
-    def n_edges(self) -> int:
-        return int(self.allowed.sum())
-
-    def src_names(self) -> list[str]:
-        names = ["embed"]
-        for l in range(self.n_layers):
-            names += [f"A{l}.{h}" for h in range(self.n_heads)] + [f"MLP{l}"]
-        return names
-
-    def dest_names(self) -> list[str]:
-        names = []
-        for l in range(self.n_layers):
-            for h in range(self.n_heads):
-                names += [f"A{l}.{h}.{c}" for c in "qkv"] if self.split_qkv else [f"A{l}.{h}"]
-            names.append(f"MLP{l}")
-        return names + ["output"]
-
-    def edges(self):
-        """(dest k, source s, source name, dest name) for every edge, destinations in order."""
-        sn, dn = self.src_names(), self.dest_names()
-        for k in range(self.n_dest):
-            for s in range(self.dest_n_src(k)):
-                yield k, s, sn[s], dn[k]
-
-    def acdc_order(self):
-        """Receivers in reverse topological order (output, then per layer from the last: the MLP, then the
-        attention inputs by index ascending), each receiver's sources by index ascending. Yields (k, s)."""
-        receivers = [self.dest_out]
-        for l in reversed(range(self.n_layers)):
-            receivers.append(self.dest_mlp(l))
-            receivers += [self.dest_attn(l, h, c) for h in range(self.n_heads) for c in range(self.nq)]
-        for k in receivers:
-            for s in range(self.dest_n_src(k)):
-                yield k, s
 
 
 # ---- patching ------------------------------------------------------------------------------------
@@ -476,9 +368,12 @@ class TransformerPatchContext:
         xo = cands[:, :, -1:] if r == g.dest_out else get([g.dest_out], True)[..., 0, :]
         return m.unembed(xo)[..., -1, :]
 
-    def forward(self, M: torch.Tensor) -> torch.Tensor:
-        """Output [B, d_out] of the circuit M (bool or float [n_dest, n_src])."""
-        return self.run(M)[0]
+    def forward(self, M) -> torch.Tensor:
+        """Output [B, d_out] of the circuit M (bool or float [n_dest, n_src], or a one-element list of it as
+        the circuit's mask and full_masks give it)."""
+        if isinstance(M, (list, tuple)):
+            (M,) = M
+        return self.run(M.to(self.device))[0]
 
     def metric(self, out: torch.Tensor) -> torch.Tensor:
         return divergence(self.metric_name, out, self.target)
@@ -486,9 +381,9 @@ class TransformerPatchContext:
     def full_mask(self, value: bool = True) -> torch.Tensor:
         return self.allowed.clone() if value else torch.zeros_like(self.allowed)
 
-    def full_masks(self, value: bool = True) -> torch.Tensor:
-        """The same as full_mask (the name the MLP context's methods use, e.g. methods.eap._objective)."""
-        return self.full_mask(value)
+    def full_masks(self, value: bool = True) -> list[torch.Tensor]:
+        """[full_mask(value)]: masks as a list, the convention of the circuit's mask and the MLP context."""
+        return [self.full_mask(value)]
 
 
 # ---- methods -------------------------------------------------------------------------------------
@@ -757,7 +652,6 @@ class _StageACDC:
     def _layer(self, j: int, dl: dict, K: int):
         """Recompute layer j (after the stage's) for K candidates: dl maps source -> live - ablated [K|1, B, T', d]."""
         g, b = self.g, self.m.blocks[j]
-        nq = g.nq
         pos = slice(-1, None) if j == g.n_layers - 1 else slice(None)
         heads = [h for h in range(g.n_heads) if self.alive[g.src_head(j, h)]]
         if heads:
@@ -1187,7 +1081,6 @@ def _full_circuit_eap(ctx: TransformerPatchContext, objective: str) -> torch.Ten
             ctx._target = out.detach()
         obj = _objective(ctx, objective)  # (the "recovered" one runs the context: its clean and ablated runs)
         grads = list(torch.autograd.grad(obj(out[None]).sum(), nodes))
-    n0 = g.n_src_before(g.n_layers - 1)  # sources written before the last block: read at every position
     if ctx._h is not None or ctx.ablation != "resample":
         diff = ctx.a[:, 0] - ctx.h[:, 0]  # [n_src, B|1, T, d]
         if diff.shape[1] != B:
@@ -1260,10 +1153,9 @@ def eap_ig(ctx, threshold: float, steps: int = 16, objective: str = "recovered")
                         {"objective": objective, "steps": steps, "backward_passes": steps})
 
 
-def _write_read(ctx: TransformerPatchContext):
+def _write_read(m: GeometricTransformer, g: TransformerGraph):
     """Per source the matrix it writes with ([d, n]); per destination the matrix it reads with, LayerNorm
     gain folded in ([n, d])."""
-    m, g = ctx.model, ctx.graph
     H, dh = m.n_heads, m.d_head
     write = [torch.cat([m.W_E, m.W_pos], 1)]
     read = []
@@ -1281,13 +1173,21 @@ def _write_read(ctx: TransformerPatchContext):
     return write, read
 
 
+@torch.no_grad()
+def weight_magnitudes(model: GeometricTransformer, graph: TransformerGraph) -> torch.Tensor:
+    """[n_dest, n_src] |read_k @ write_s|_F, the size of the composed weights between a source and a
+    destination (LayerNorm gains folded in); NaN where there is no edge."""
+    write, read = _write_read(model, graph)
+    S = torch.full((graph.n_dest, graph.n_src), float("nan"), dtype=torch.float64)
+    for k, s, _, _ in graph.edges():
+        S[k, s] = torch.linalg.matrix_norm((read[k] @ write[s]).double()).item()
+    return S
+
+
 def magnitude(ctx, threshold: float) -> MethodResult:
     """|read_k @ write_s|_F: the size of the composed weights between a source and a destination."""
-    write, read = _write_read(ctx)
-    S = torch.full(ctx.allowed.shape, float("nan"), dtype=torch.float64)
-    for k, s, _, _ in ctx.graph.edges():
-        S[k, s] = torch.linalg.matrix_norm(read[k] @ write[s]).item()
-    return MethodResult(S, None, 0, {"norm": "frobenius of read @ write, LayerNorm gain folded in"})
+    return MethodResult(weight_magnitudes(ctx.model, ctx.graph), None, 0,
+                        {"norm": "frobenius of read @ write, LayerNorm gain folded in"})
 
 
 def random_scores(ctx, threshold: float, seed: int = 0) -> MethodResult:
@@ -1317,68 +1217,6 @@ METHODS = {
     "acdc": acdc_fast, "acdc-plain": acdc_plain, "eap": eap, "eap-ig": eap_ig, "magnitude": magnitude,
     "random": random_scores, "probing": probing,
 }
-
-
-# ---- circuits ------------------------------------------------------------------------------------
-@dataclass
-class TransformerCircuit:
-    """A head-level circuit: scores and mask as one-element lists of [n_dest, n_src] tensors (the
-    contract's "one tensor per edge group"); entries that are not edges have NaN score and False mask."""
-
-    scores: list[torch.Tensor]
-    mask: list[torch.Tensor]
-    method: str
-    threshold: float | None = None
-    metric: str = "kl"
-    ablation: str = "resample"
-    seconds: float = 0.0
-    forward_passes: int = 0
-    graph: TransformerGraph | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def n_edges(self) -> int:
-        return self.graph.n_edges
-
-    @property
-    def n_kept(self) -> int:
-        return int(self.mask[0].sum())
-
-    def edge_set(self) -> set[tuple[str, str]]:
-        return {(src, dst) for k, s, src, dst in self.graph.edges() if self.mask[0][k, s]}
-
-    def __repr__(self) -> str:
-        return (f"TransformerCircuit(method={self.method!r}, kept {self.n_kept}/{self.n_edges} edges, "
-                f"threshold={self.threshold}, metric={self.metric!r}, {self.seconds:.3g} s)")
-
-    def to_dict(self) -> dict:
-        edges = [{"source": src, "target": dst, "source_index": s, "target_index": k,
-                  "score": _num(self.scores[0][k, s]), "kept": bool(self.mask[0][k, s])}
-                 for k, s, src, dst in self.graph.edges()]
-        return {"format": "modcircuit-circuit", "version": 1, "graph": "transformer", "method": self.method,
-                "threshold": self.threshold, "metric": self.metric, "ablation": self.ablation,
-                "seconds": self.seconds, "forward_passes": self.forward_passes,
-                "n_layers": self.graph.n_layers, "n_heads": self.graph.n_heads, "split_qkv": self.graph.split_qkv,
-                "n_edges": self.n_edges, "n_kept": self.n_kept, "extra": self.extra, "edges": edges}
-
-    def save(self, path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(self.to_dict(), allow_nan=False))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
-
-
-def _num(x):
-    v = float(x)
-    return v if math.isfinite(v) else None
 
 
 def discover_transformer(model, data, corrupt=None, *, method: str = "acdc", threshold: float = 0.01,
@@ -1425,7 +1263,7 @@ def discover_transformer(model, data, corrupt=None, *, method: str = "acdc", thr
     if task is not None:
         extra["task"] = task.name
     return TransformerCircuit([scores], [mask], method, float(threshold), metric, ablation, seconds,
-                              int(res.forward_passes), ctx.graph, extra)
+                              int(res.forward_passes), extra, graph=ctx.graph)
 
 
 @torch.no_grad()

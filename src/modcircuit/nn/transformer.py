@@ -245,6 +245,10 @@ class GeometricTransformer(nn.Module):
             resid = resid + b.mlp(resid, self.act)
         return self.unembed(resid)
 
+    def readout(self, z: torch.Tensor) -> torch.Tensor:
+        """Outputs in the task's order (the unembedding's columns are never permuted; cf. MLP.readout)."""
+        return z
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Outputs at the last position: [B, d_out]."""
         return self.logits_all(x)[:, -1]

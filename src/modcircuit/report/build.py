@@ -421,7 +421,7 @@ def _figures(doc, task, comp, circ, regimes, methods, tmp, figs, artifacts):
 
 def _drawings(doc, task, comp, circ, regimes, method, tmp, figs, artifacts):
     try:
-        from ..circuits.circuit import Circuit
+        from ..circuits.circuit import load_circuit
         from ..train import load
         from ..viz import draw
     except ImportError as e:
@@ -441,7 +441,7 @@ def _drawings(doc, task, comp, circ, regimes, method, tmp, figs, artifacts):
             continue
         try:
             run = load(ck)
-            circuit = Circuit.load(cpath, run.model)
+            circuit = load_circuit(cpath, run.model)
             fig = draw(run, circuit, title=f"{task} / {r} / seed {run_row['seed']}: {method} circuit")
         except ModcircuitError as e:
             doc.p(f"(drawing of {task}/{r} failed: {e})")

@@ -150,7 +150,7 @@ def run_unit(unit: Unit) -> dict:
             circuit.save(path)
             artifacts[circuit_rel(cc.key)] = path.read_bytes()
             row = circuit_row(unit, cc, report)
-            if unit.profile is not None:
+            if unit.profile is not None and hasattr(circuit, "compact"):  # (head-level circuits do not compact)
                 small = compact_for_profile(circuit, run.model)
                 row.update(count_params(small, "compact_"))
                 row["compact_widths"] = list(small.widths)

@@ -17,10 +17,10 @@ from ..errors import ModcircuitError
 
 def load_circuit_file(path: Path, model):
     try:
-        from ..circuits import Circuit
+        from ..circuits import load_circuit
     except ImportError as e:
         raise ModcircuitError(f"--circuit {str(path)!r} needs modcircuit.circuits, which failed to import: {e}")
-    return Circuit.load(path, model)
+    return load_circuit(path, model)
 
 
 def draw_cmd(
@@ -50,6 +50,20 @@ def draw_cmd(
     check_threshold(threshold, relative=not absolute)
     loaded = load(run)
     circ = load_circuit_file(circuit, loaded.model) if circuit is not None else None
+    from .transformer import is_transformer
+
+    if is_transformer(loaded.model):
+        if interactive_view:
+            raise ModcircuitError(f"the interactive view draws MLPs; {str(run)!r} is a transformer: "
+                                  "write .png, .svg or .pdf")
+        from .network import draw
+
+        written = save_figure(draw(loaded, circ, color_by_score=color_by_score, title=title), out)
+        result = {"out": str(written), "format": fmt, "interactive": False, "graph": "transformer",
+                  "circuit_edges": circ.n_kept if circ is not None else None}
+        extra = f", circuit {circ.n_kept} of {circ.n_edges} edges" if circ is not None else ""
+        typer.echo(json.dumps(result) if json_output else f"head-level drawing of {run}{extra} -> {written}")
+        return
     if interactive_view:
         from .interactive import interactive
 

@@ -57,12 +57,18 @@ def draw(
     legend: bool = True,
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
-    """Draw `model` (an MLP or a Run) and return the matplotlib Figure.
+    """Draw `model` (an MLP or a Run; a GeometricTransformer is drawn at head level, see
+    viz/transformer.py) and return the matplotlib Figure.
 
     threshold: lines with |w| <= threshold x (the layer's largest |w|) are not drawn (with
     relative=False, |w| <= threshold). circuit: anything with `.mask` (and `.scores`), one array
     per Linear shaped like its weight. task: gives input/output names (a Run brings its own).
     """
+    from .transformer import check_transformer_circuit, draw_transformer, is_transformer
+
+    if is_transformer(model):  # head-level drawing (viz/transformer.py); weight thresholds do not apply
+        check_transformer_circuit(circuit)
+        return draw_transformer(model, circuit, ax=ax, title=title, color_by_score=color_by_score, figsize=figsize)
     model, task, title = unpack_run(model, task, title)
     scene = build_scene(model, circuit, threshold=threshold, relative=relative, task=task)
     own_figure = ax is None
