@@ -11,12 +11,12 @@ ablation) and the same edge graph (embed / heads / MLPs -> q, k, v of each head,
 
 ACDC: auto-circuit's `acdc_prune_scores` with one threshold per call (tao_exps=[e], tao_bases=[b]); its
 circuit is the edges never removed (score inf). Times are medians of --repeats runs on both sides, each
-ours including its whole setup (clean and corrupted source outputs; the float copy of the model is made
-on the first call and shared by later ones while the model is unchanged, as auto-circuit's patchable
-model is built once, outside its timings). Ours: `method="acdc"` at the same threshold, KL to the model
+ours including its whole setup (clean and corrupted source outputs; in float32 the model is used through a
+view sharing its storage, in float64 a converted copy made on the first call is shared by later ones while
+the model is unchanged, as auto-circuit's patchable model is built once, outside its timings). Ours: `method="acdc"` at the same threshold, KL to the model
 at the last position, run twice: in auto-circuit's edge order (receivers sorted by layer only,
 edges within a layer in its set order; our fast ACDC accepts any such order) and in our default order.
-EAP (medians of 5 x --repeats runs, the two sides alternating): auto-circuit's
+EAP (medians of 10 x --repeats runs, the two sides alternating): auto-circuit's
 `mask_gradient_prune_scores(grad_function="logit", answer_function="avg_diff", mask_val=0)` with
 answer = the model's top class and wrong answers = all other classes; ours `method="eap",
 objective="logit-diff"` (top logit minus the mean logit), which is the same objective up to the factor
@@ -188,10 +188,10 @@ def main():
     def ours_eap():
         return discover_transformer(model, clean, corrupt, method="eap", split_qkv=True, objective="logit-diff",
                                     dtype=dtype)
-    # a run takes milliseconds: 5x the repeats, the two sides alternating so that a varying background load
+    # a run takes milliseconds: 10x the repeats, the two sides alternating so that a varying background load
     # hits both alike
     t_ac, t_ours = [], []
-    for _ in range(5 * args.repeats):
+    for _ in range(10 * args.repeats):
         (ps, t), (c, u) = timed(theirs_eap, 1)[:2], timed(ours_eap, 1)[:2]
         t_ac.append(t)
         t_ours.append(u)

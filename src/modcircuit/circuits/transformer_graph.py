@@ -991,8 +991,8 @@ def weighted_values(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """pattern [..., Tq, T] @ v [..., T, dh]. With a few positions, one multiply-add per key beats a batched
     matrix product of tiny matrices several times over (measured 3-7x at T = 3 on CPU)."""
     T = v.shape[-2]
-    if T > 4:
-        return torch.matmul(pattern, v)
+    if T > 4 or (torch.is_grad_enabled() and (pattern.requires_grad or v.requires_grad)):
+        return torch.matmul(pattern, v)  # (with gradients the per-key slices cost more in the backward pass)
     z = pattern[..., 0:1] * v[..., None, 0, :]
     for t in range(1, T):
         z = z.addcmul_(pattern[..., t:t + 1], v[..., None, t, :])
