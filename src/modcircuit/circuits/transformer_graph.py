@@ -97,12 +97,11 @@ def _same(model, entry) -> bool:
     return equal(_flat(ours), snap) and equal(_flat(_tensors(m)), snap_m)
 
 
-def _model_view(model: GeometricTransformer) -> GeometricTransformer:
+def _model_view(model: GeometricTransformer, ours: list) -> GeometricTransformer:
     """An eval-mode module sharing the model's storage, without gradients: it always holds the model's
     current values (in-place changes, .data included, are seen without any check) and nothing done with it
     reaches the model's .grad. Rebuilt when a tensor is replaced (its storage changes) or the
-    configuration changes."""
-    ours = _tensors(model)
+    configuration changes. ours: the model's parameters and buffers (_tensors)."""
     sig = (repr(model.config()), [(t.data_ptr(), t.shape, t.dtype) for t in ours])
     entry = _VIEWS.get(model)
     if entry is not None and entry[0] == sig:
@@ -118,8 +117,9 @@ def _model_copy(model: GeometricTransformer, dtype) -> GeometricTransformer:
     """An eval-mode copy of model in dtype without gradients, shared by contexts while it still equals the
     model (deep-copying a module costs milliseconds, a sizeable part of a fast EAP run). A model already in
     dtype is not copied but viewed (_model_view)."""
-    if all(t.dtype == dtype for t in _tensors(model) if t.is_floating_point()):
-        return _model_view(model)
+    ours = _tensors(model)
+    if all(t.dtype == dtype for t in ours if t.is_floating_point()):
+        return _model_view(model, ours)
     key = (dtype, str(next(model.parameters()).device))
     entry = _COPIES.get(model, {}).get(key)
     if entry is not None and _same(model, entry):
@@ -127,7 +127,6 @@ def _model_copy(model: GeometricTransformer, dtype) -> GeometricTransformer:
     m = copy.deepcopy(model).to(dtype).eval()
     for p in m.parameters():
         p.requires_grad_(False)
-    ours = _tensors(model)
     _COPIES.setdefault(model, {})[key] = (repr(model.config()), [t.shape for t in ours], _flat(ours), m,
                                           _flat(_tensors(m)))
     return m
