@@ -78,6 +78,7 @@ def test_study_on_a_transformer_task_reports_circuits_and_drawings(tmp_path):
         seeds = [0]
         methods = ["acdc", "eap"]
         thresholds = [0.01]
+        split_qkv = true
         results = "{tmp_path / 'r.duckdb'}"
         [task_options.modular-addition-transformer]
         p = 11
@@ -101,9 +102,25 @@ def test_study_on_a_transformer_task_reports_circuits_and_drawings(tmp_path):
         circuits, profiles = s.rows("circuits"), s.rows("profiles")
     assert len(circuits) == 4 and len(profiles) == 2
     for r in circuits:
-        assert r["n_edges"] == 9 and 0 <= r["n_kept"] <= 9 and r["logit_gap"] >= 0
+        assert r["n_edges"] == 13 and 0 <= r["n_kept"] <= 13 and r["logit_gap"] >= 0  # q, k, v apart
         assert r["n_nodes"] == 5 and r.get("compact_n_params") is None  # head-level circuits do not compact
     build_report(res.results, tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
     assert "failed" not in md and "modular-addition-transformer" in md
     assert md.count("network with the acdc circuit overlaid") == 2
+
+
+def test_split_qkv_in_a_study_keys_only_transformer_cells():
+    from modcircuit.study import parse_spec, plan
+    from modcircuit.study.spec import CircuitCell, config_key
+
+    cell = CircuitCell("run", "acdc", 0.01, None, "kl", "resample", True)
+    old = config_key({"kind": "circuit", "run": "run", "method": "acdc", "threshold": 0.01, "edge_count": None,
+                      "metric": "kl", "ablation": "resample", "curves": True})
+    assert cell.key == old  # studies without split_qkv keep their cells
+    assert CircuitCell("run", "acdc", 0.01, None, "kl", "resample", True, True).key != old
+    spec = parse_spec({"name": "s", "tasks": ["two-moons", "modular-addition-transformer"], "regimes": ["bimt"],
+                       "seeds": [0], "methods": ["acdc"], "split_qkv": True,
+                       "task_options": {"modular-addition-transformer": {"p": 11}}})
+    cells = plan(spec).circuits
+    assert sorted(c.split_qkv for c in cells) == [False, True]

@@ -142,6 +142,8 @@ def run_unit(unit: Unit) -> dict:
             kw = {"threshold": cc.threshold if cc.threshold is not None else 0.0}
             if cc.edge_count is not None:
                 kw["top_k"] = cc.edge_count
+            if cc.split_qkv:
+                kw["split_qkv"] = True
             circuit = discover(run.model, task, method=cc.method, metric=cc.metric, ablation=cc.ablation, **kw)
             report = evaluate(run.model, circuit, task)
             if not cc.curves:

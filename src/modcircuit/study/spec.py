@@ -10,6 +10,7 @@
     edge_counts = [20, 100]      # (score-only methods compare best at matched circuit sizes)
     ablation = "resample"        # resample | zero | mean
     metric = "default"           # the task's default metric, or a metric name discover() accepts
+    split_qkv = true             # transformer tasks: q, k and v inputs as separate receivers
     task_fallbacks = {mnist = "digits"}   # use digits when mnist cannot be built (no IDX files)
 
     [train]                      # TrainConfig overrides for every task
@@ -99,6 +100,7 @@ class StudySpec(BaseModel):
     metric: str | None = None
     ablation: str = "resample"
     curves: bool = True
+    split_qkv: bool = False
     device: str = "cpu"
     train: dict[str, Any] = Field(default_factory=dict)
     task_train: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -294,13 +296,15 @@ class CircuitCell:
     metric: str | None
     ablation: str
     curves: bool
+    split_qkv: bool = False  # transformer tasks only
     key: str = ""
 
     def __post_init__(self):
-        self.key = self.key or config_key({"kind": "circuit", "run": self.run_key, "method": self.method,
-                                           "threshold": self.threshold, "edge_count": self.edge_count,
-                                           "metric": self.metric, "ablation": self.ablation,
-                                           "curves": self.curves})
+        cfg = {"kind": "circuit", "run": self.run_key, "method": self.method, "threshold": self.threshold,
+               "edge_count": self.edge_count, "metric": self.metric, "ablation": self.ablation, "curves": self.curves}
+        if self.split_qkv:  # (absent otherwise, so the keys of studies without it stay as they were)
+            cfg["split_qkv"] = True
+        self.key = self.key or config_key(cfg)
 
     def label(self) -> str:
         sel = f"tau={self.threshold:g}" if self.threshold is not None else f"top {self.edge_count}"
@@ -383,6 +387,9 @@ def plan(spec: StudySpec) -> Plan:
             raise ModcircuitError(f"[task_options.{named}]: {e}") from None
         defaults = task.defaults
         metric = spec.metric or task_metric(task)  # resolved here so it is part of each circuit cell's key
+        from ..tasks.sequence import SequenceTask
+
+        split = spec.split_qkv and isinstance(task, SequenceTask)  # (MLP tasks have no q/k/v)
         for regime in spec.regimes:
             for seed in spec.seeds:
                 cfg = make_config(defaults, {**overrides, "regime": regime, "seed": seed}).model_dump()
@@ -390,7 +397,7 @@ def plan(spec: StudySpec) -> Plan:
                 runs.append(rc)
                 for m in spec.methods:
                     for thr, k in spec.selection(m).pairs():
-                        circuits.append(CircuitCell(rc.key, m, thr, k, metric, spec.ablation, spec.curves))
+                        circuits.append(CircuitCell(rc.key, m, thr, k, metric, spec.ablation, spec.curves, split))
                 if spec.profile.enabled:
                     p = spec.profile
                     profiles.append(ProfileCell(rc.key, p.latency_repeats, p.throughput_batch, p.throughput_repeats,
