@@ -1,4 +1,4 @@
-"""Head-level circuit graph of a GeometricTransformer, patching on it, and the discovery methods.
+"""Patching on the head-level circuit graph of a GeometricTransformer, and the discovery methods.
 
 Graph (the residual-stream graph of Conmy et al. / auto-circuit):
   sources       embed (token or input embedding + positions), every head A{l}.{h} (its result, without
@@ -20,7 +20,9 @@ where live_s is the source's output in this (patched) run and a_s its ablated va
 output in the full model's run on the corrupted input, zero = 0, mean = its output on the clean batch
 averaged over examples (per position). The full circuit (M = 1) is the model; the empty circuit
 (M = 0) is the ablated run (with resample ablation: the model on the corrupted input). Everything runs
-in float64 on a copy of the model. Outputs and metrics are taken at the last position.
+in float64 (default) or float32 (`dtype`), on a converted copy of the model or, when it already has that
+dtype, on a view sharing its storage. Outputs and metrics are taken at the last position. The graph and
+the circuit type live in graph.py (TransformerGraph) and circuit.py (TransformerCircuit).
 
 Methods (`discover_transformer(..., method=)`): acdc (fast), acdc-plain (reference), eap, eap-ig,
 magnitude, random, probing -- the same names, conventions (score per edge, higher = more important;
