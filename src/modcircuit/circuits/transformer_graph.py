@@ -1227,24 +1227,16 @@ def discover_transformer(model, data, corrupt=None, *, method: str = "acdc", thr
                          **options) -> TransformerCircuit:
     """`discover` for a GeometricTransformer on the head-level graph (same arguments and conventions).
     dtype: the precision of the patched runs (float64 by default; float32 is ~1.6x faster on CPU)."""
-    from ..tasks.base import Task
+    from .discover import resolve_data, task_metric  # (discover imports this module lazily)
+    from .patching import check_threshold
 
     if method not in METHODS:
         raise choice_error("method", method, METHODS)
     dtype = check_dtype(dtype)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
-            or threshold < 0:
-        raise ModcircuitError(f"threshold {threshold!r} is not allowed; give a finite number >= 0")
-    task = data if isinstance(data, Task) else None
-    labels = None
-    if task is not None:
-        clean, corrupt, labels = task.patching_pairs(split, n, seed)
-    elif isinstance(data, (tuple, list)) and corrupt is None:
-        clean, corrupt = data[0], data[1]
-    else:
-        clean = data
+    threshold = check_threshold(threshold)
+    clean, corrupt, labels, task = resolve_data(model, data, corrupt, split=split, n=n, seed=seed)
     if metric is None:
-        metric = ("kl" if task.kind == "classification" else "mse") if task is not None else "kl"
+        metric = task_metric(task) if task is not None else "kl"
     t0 = time.perf_counter()
     ctx = TransformerPatchContext(model, clean, corrupt, metric=metric, ablation=ablation, split_qkv=split_qkv,
                                   labels=labels, dtype=dtype)
@@ -1252,10 +1244,9 @@ def discover_transformer(model, data, corrupt=None, *, method: str = "acdc", thr
     seconds = time.perf_counter() - t0
     scores = res.scores.detach().cpu().double()
     if top_k is not None:
-        flat = torch.nan_to_num(scores.flatten(), nan=-float("inf"))
-        keep = torch.zeros(flat.numel(), dtype=torch.bool)
-        keep[torch.argsort(-flat, stable=True)[:top_k]] = True
-        mask = keep.view(scores.shape) & ctx.allowed.cpu()
+        from .discover import top_k_mask
+
+        mask = top_k_mask([scores], top_k)[0] & ctx.allowed.cpu()
     elif res.mask is not None:
         mask = res.mask.cpu().bool()
     else:
