@@ -1,7 +1,12 @@
 """The `modcircuit` command line. Each pipeline stage's module supplies its own commands; this file
-wires them together and turns every user error into one line on stderr and exit status 2."""
+wires them together and turns every user error into one line on stderr and exit status 2.
+
+Start-up stays fast: a stage's commands (and torch with them) are imported only when that command
+runs or shows its own --help; `modcircuit --help` and `--version` list them from STAGE_COMMANDS."""
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -9,11 +14,84 @@ from typing import Optional
 
 import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .errors import ModcircuitError
+from .regime_names import DEFAULT_REGIME, REGIMES
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train modular networks (BIMT and baselines), discover their circuits, measure both.")
+# command -> (module, its function; or, for a command group, {subcommand: function})
+STAGE_COMMANDS = {
+    "discover": ("modcircuit.circuits.cli_commands", "discover_cmd"),
+    "evaluate": ("modcircuit.circuits.cli_commands", "evaluate_cmd"),
+    "draw": ("modcircuit.viz.cli_commands", "draw_cmd"),
+    "profile": ("modcircuit.study.cli_commands", "profile_cmd"),
+    "report": ("modcircuit.study.cli_commands", "report_cmd"),
+    "study": ("modcircuit.study.cli_commands", {"run": "study_run_cmd"}),
+}
+GROUP_HELP = {"study": "Run studies: tasks x regimes x seeds x methods."}
+
+
+def stage_summary(name: str) -> str:
+    """The line `modcircuit --help` shows for a stage command: its docstring's first line, read from the
+    source so that listing the commands imports none of them."""
+    if name in GROUP_HELP:
+        return GROUP_HELP[name]
+    module, function = STAGE_COMMANDS[name]
+    source = Path(__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return (ast.get_docstring(node) or "").split("\n")[0]
+    return ""
+
+
+def load_stage_command(name: str) -> click.Command:
+    """The full command `name` of STAGE_COMMANDS, with every option (this imports its stage)."""
+    module, functions = STAGE_COMMANDS[name]
+    stage = importlib.import_module(module)
+    sub = typer.Typer(no_args_is_help=True, help=GROUP_HELP.get(name))
+    if isinstance(functions, str):
+        sub.command(name)(getattr(stage, functions))
+        command = typer.main.get_command(sub)
+    else:
+        for sub_name, function in functions.items():
+            sub.command(sub_name)(getattr(stage, function))
+        command = typer.main.get_group(sub)
+    command.name = name
+    return command
+
+
+class _LazyStages(TyperGroup):
+    """Lists the stage commands by their summaries; builds one only when it runs or shows its --help."""
+
+    def list_commands(self, ctx):
+        return [*self.commands, *(n for n in STAGE_COMMANDS if n not in self.commands)]
+
+    def get_command(self, ctx, name):
+        if name in self.commands or name not in STAGE_COMMANDS:
+            return self.commands.get(name)
+        return TyperCommand(name, short_help=stage_summary(name))  # a stand-in for the listing
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] in STAGE_COMMANDS and args[0] not in self.commands:
+            self.commands[args[0]] = load_stage_command(args[0])
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(cls=_LazyStages, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"modcircuit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
+    """Train modular networks (BIMT and baselines), discover their circuits, measure both."""
 
 
 def _parse_widths(text: str | None) -> list[int] | None:
@@ -72,7 +150,7 @@ def tasks_cmd(json_output: bool = typer.Option(False, "--json", help="machine-re
 @app.command("train")
 def train_cmd(
     task: str = typer.Option(..., "--task", help="task name (see `modcircuit tasks`)"),
-    regime: str = typer.Option("bimt", "--regime", help="vanilla | l1 | l2 | l1-local | bimt"),
+    regime: str = typer.Option(DEFAULT_REGIME, "--regime", help=" | ".join(REGIMES)),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(..., "--out", help="checkpoint folder to write"),
     steps: Optional[int] = typer.Option(None, "--steps"),
@@ -91,6 +169,8 @@ def train_cmd(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the task's data files (mnist)"),
     download: bool = typer.Option(False, "--download", help="download the task's data when missing (mnist)"),
     sets: list[str] = typer.Option([], "--set", help="any other hyperparameter, key=value (JSON values)"),
+    task_options: list[str] = typer.Option([], "--task-option", help="a task option, key=value, e.g. p=23 "
+                                                                     "(modular-addition), noise=0.2 (two-moons)"),
     animate: Optional[Path] = typer.Option(None, "--animate", help="write a training animation (.gif or .mp4)"),
     frames: int = typer.Option(40, "--frames", help="animation frames"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -99,11 +179,11 @@ def train_cmd(
     """Train one model and write its checkpoint folder."""
     import torch
 
-    from .tasks import get_task
+    from .tasks import get_task, parse_task_options
     from .train import train
 
     torch.set_num_threads(max(1, threads))
-    options = {}
+    options = parse_task_options(task, task_options)
     if data_dir is not None:
         options["data_dir"] = str(data_dir)
     if download:
@@ -129,34 +209,6 @@ def train_cmd(
     else:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in run.metrics.items())
         typer.echo(f"{task}/{regime}/seed {seed}: {shown}; {run.timings['train_seconds']:.1f} s -> {out}")
-
-
-def _register_stage_commands() -> None:
-    """Commands of the later pipeline stages, each defined next to the code it drives."""
-    import importlib
-
-    for module, name, attr in [
-        ("modcircuit.circuits.cli_commands", "discover", "discover_cmd"),
-        ("modcircuit.circuits.cli_commands", "evaluate", "evaluate_cmd"),
-        ("modcircuit.viz.cli_commands", "draw", "draw_cmd"),
-        ("modcircuit.study.cli_commands", "profile", "profile_cmd"),
-        ("modcircuit.study.cli_commands", "report", "report_cmd"),
-    ]:
-        try:
-            fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-        app.command(name)(fn)
-    try:
-        from .study.cli_commands import study_run_cmd
-    except ImportError:
-        return
-    study_app = typer.Typer(no_args_is_help=True, help="Run studies: tasks x regimes x seeds x methods.")
-    study_app.command("run")(study_run_cmd)
-    app.add_typer(study_app, name="study")
-
-
-_register_stage_commands()
 
 
 def main(argv: list[str] | None = None) -> int:
