@@ -118,33 +118,42 @@ def _parse_sets(items: list[str]) -> dict:
 
 @app.command("tasks")
 def tasks_cmd(json_output: bool = typer.Option(False, "--json", help="machine-readable output")):
-    """List tasks with their default model and regime settings."""
-    from .tasks.base import _REGISTRY, get_task
+    """List tasks with their default model, training settings and task options."""
+    from .tasks.base import _REGISTRY, get_task, task_option_defaults
 
     rows = []
     for name in sorted(_REGISTRY):
+        row = {"task": name, "description": _REGISTRY[name][1], "options": task_option_defaults(name)}
         try:
             t = get_task(name)
-            rows.append({"task": name, "description": _REGISTRY[name][1], "widths": t.widths, "loss": t.loss,
-                         "defaults": t.defaults})
+            row.update(widths=t.widths, loss=t.loss, defaults=t.defaults)
         except ModcircuitError as e:  # e.g. mnist without its files: still listed
-            rows.append({"task": name, "description": _REGISTRY[name][1], "widths": None, "loss": None,
-                         "defaults": {}, "note": str(e)})
+            row.update(widths=None, loss=None, defaults={}, note=str(e))
+        rows.append(row)
     if json_output:
         typer.echo(json.dumps(rows, indent=1))
         return
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     keys = ("steps", "lr", "lam", "l0", "weight_factor", "top_k", "swap_every", "agg")
-    table = Table("task", "widths", "loss", *keys, title="tasks and their reference settings (all overridable)")
+    # task names are never cut, at any terminal width: the settings column wraps instead
+    table = Table(title="tasks and their reference settings (all overridable)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("task", no_wrap=True, min_width=max(len(r["task"]) for r in rows))
+    table.add_column("widths", overflow="fold")
+    table.add_column("loss", no_wrap=True)
+    table.add_column("reference settings (--set key=value)")
     for r in rows:
         widths = ",".join(map(str, r["widths"])) if r["widths"] else "-"
-        table.add_row(r["task"], widths, r["loss"] or "-", *(str(r["defaults"].get(k, "-")) for k in keys))
-    console = Console(markup=False, width=max(120, Console().width))
+        settings = " ".join(f"{k}={r['defaults'][k]}" for k in keys if k in r["defaults"]) or "-"
+        table.add_row(r["task"], widths, r["loss"] or "-", settings)
+    console = Console(markup=False, highlight=False)
     console.print(table)
     for r in rows:
-        console.print(f"{r['task']}: {r['description']}" + (f" ({r['note']})" if r.get("note") else ""))
+        options = ", ".join(f"{k}={json.dumps(v)}" for k, v in r["options"].items())
+        console.print(f"{r['task']}: {r['description']}" + (f" ({r['note']})" if r.get("note") else "")
+                      + f"\n  --task-option: {options or 'none'}")
 
 
 @app.command("train")
