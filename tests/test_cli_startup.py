@@ -96,3 +96,9 @@ def test_tasks_table_keeps_every_name_whole_at_80_columns(monkeypatch, capfd):
     table_names = [line.split()[0] for line in out.splitlines() if line.startswith(" ") and line.split()]
     for name in mc.task_names():
         assert name in table_names, f"{name} cut in the table"
+
+
+def test_a_mistyped_stage_command_gets_a_suggestion(capsys):
+    assert main(["discovr", "run"]) == 2
+    err = capsys.readouterr().err
+    assert "No such command 'discovr'. Did you mean 'discover'?" in err and err.count("\n") == 1

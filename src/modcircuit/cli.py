@@ -60,19 +60,20 @@ def load_stage_command(name: str) -> click.Command:
     return command
 
 
+class _StandIn(TyperCommand):
+    """A stage command as `modcircuit --help` lists it: its name and summary, nothing imported."""
+
+
 class _LazyStages(TyperGroup):
-    """Lists the stage commands by their summaries; builds one only when it runs or shows its --help."""
+    """The command group: stage commands are stand-ins until one runs or shows its own --help."""
 
-    def list_commands(self, ctx):
-        return [*self.commands, *(n for n in STAGE_COMMANDS if n not in self.commands)]
-
-    def get_command(self, ctx, name):
-        if name in self.commands or name not in STAGE_COMMANDS:
-            return self.commands.get(name)
-        return TyperCommand(name, short_help=stage_summary(name))  # a stand-in for the listing
+    def __init__(self, **attrs):
+        super().__init__(**attrs)
+        for name in STAGE_COMMANDS:
+            self.commands.setdefault(name, _StandIn(name, short_help=stage_summary(name)))
 
     def resolve_command(self, ctx, args):
-        if args and args[0] in STAGE_COMMANDS and args[0] not in self.commands:
+        if args and isinstance(self.commands.get(args[0]), _StandIn):
             self.commands[args[0]] = load_stage_command(args[0])
         return super().resolve_command(ctx, args)
 
