@@ -9,11 +9,17 @@ import tempfile
 from pathlib import Path
 
 
-def publish(tmp: str | Path, path: Path) -> None:
-    """Give a finished temporary file ordinary permissions and rename it into place."""
+def ordinary_permissions(path: str | Path) -> None:
+    """What a plain open()/mkdir would have given `path` under the umask (0644 / 0755 under 022):
+    mkstemp and mkdtemp make private 0600 / 0700 entries, and so does safetensors."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files 0600; give the usual permissions
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
+
+
+def publish(tmp: str | Path, path: Path) -> None:
+    """Give a finished temporary file ordinary permissions and rename it into place."""
+    ordinary_permissions(tmp)
     os.replace(tmp, path)
 
 
@@ -41,7 +47,9 @@ def staging_dir(final) -> Path:
     """An empty temporary sibling of `final` to build a folder in; `replace_dir` moves it into place."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    ordinary_permissions(tmp)
+    return tmp
 
 
 def replace_dir(tmp: Path, final) -> None:

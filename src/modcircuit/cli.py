@@ -1,7 +1,12 @@
 """The `modcircuit` command line. Each pipeline stage's module supplies its own commands; this file
-wires them together and turns every user error into one line on stderr and exit status 2."""
+wires them together and turns every user error into one line on stderr and exit status 2.
+
+Start-up stays fast: a stage's commands (and torch with them) are imported only when that command
+runs or shows its own --help; `modcircuit --help` and `--version` list them from STAGE_COMMANDS."""
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -9,11 +14,85 @@ from typing import Optional
 
 import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .errors import ModcircuitError
+from .regime_names import DEFAULT_REGIME, REGIMES
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train modular networks (BIMT and baselines), discover their circuits, measure both.")
+# command -> (module, its function; or, for a command group, {subcommand: function})
+STAGE_COMMANDS = {
+    "discover": ("modcircuit.circuits.cli_commands", "discover_cmd"),
+    "evaluate": ("modcircuit.circuits.cli_commands", "evaluate_cmd"),
+    "draw": ("modcircuit.viz.cli_commands", "draw_cmd"),
+    "profile": ("modcircuit.study.cli_commands", "profile_cmd"),
+    "report": ("modcircuit.study.cli_commands", "report_cmd"),
+    "study": ("modcircuit.study.cli_commands", {"run": "study_run_cmd"}),
+}
+GROUP_HELP = {"study": "Run studies: tasks x regimes x seeds x methods."}
+
+
+def stage_summary(name: str) -> str:
+    """The line `modcircuit --help` shows for a stage command: its docstring's first line, read from the
+    source so that listing the commands imports none of them."""
+    if name in GROUP_HELP:
+        return GROUP_HELP[name]
+    module, function = STAGE_COMMANDS[name]
+    source = Path(__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return (ast.get_docstring(node) or "").split("\n")[0]
+    return ""
+
+
+def load_stage_command(name: str) -> click.Command:
+    """The full command `name` of STAGE_COMMANDS, with every option (this imports its stage)."""
+    module, functions = STAGE_COMMANDS[name]
+    stage = importlib.import_module(module)
+    sub = typer.Typer(no_args_is_help=True, help=GROUP_HELP.get(name))
+    if isinstance(functions, str):
+        sub.command(name)(getattr(stage, functions))
+        command = typer.main.get_command(sub)
+    else:
+        for sub_name, function in functions.items():
+            sub.command(sub_name)(getattr(stage, function))
+        command = typer.main.get_group(sub)
+    command.name = name
+    return command
+
+
+class _StandIn(TyperCommand):
+    """A stage command as `modcircuit --help` lists it: its name and summary, nothing imported."""
+
+
+class _LazyStages(TyperGroup):
+    """The command group: stage commands are stand-ins until one runs or shows its own --help."""
+
+    def __init__(self, **attrs):
+        super().__init__(**attrs)
+        for name in STAGE_COMMANDS:
+            self.commands.setdefault(name, _StandIn(name, short_help=stage_summary(name)))
+
+    def resolve_command(self, ctx, args):
+        if args and isinstance(self.commands.get(args[0]), _StandIn):
+            self.commands[args[0]] = load_stage_command(args[0])
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(cls=_LazyStages, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"modcircuit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
+    """Train modular networks (BIMT and baselines), discover their circuits, measure both."""
 
 
 def _parse_widths(text: str | None) -> list[int] | None:
@@ -40,39 +119,48 @@ def _parse_sets(items: list[str]) -> dict:
 
 @app.command("tasks")
 def tasks_cmd(json_output: bool = typer.Option(False, "--json", help="machine-readable output")):
-    """List tasks with their default model and regime settings."""
-    from .tasks.base import _REGISTRY, get_task
+    """List tasks with their default model, training settings and task options."""
+    from .tasks.base import _REGISTRY, get_task, task_option_defaults
 
     rows = []
     for name in sorted(_REGISTRY):
+        row = {"task": name, "description": _REGISTRY[name][1], "options": task_option_defaults(name)}
         try:
             t = get_task(name)
-            rows.append({"task": name, "description": _REGISTRY[name][1], "widths": t.widths, "loss": t.loss,
-                         "defaults": t.defaults})
+            row.update(widths=t.widths, loss=t.loss, defaults=t.defaults)
         except ModcircuitError as e:  # e.g. mnist without its files: still listed
-            rows.append({"task": name, "description": _REGISTRY[name][1], "widths": None, "loss": None,
-                         "defaults": {}, "note": str(e)})
+            row.update(widths=None, loss=None, defaults={}, note=str(e))
+        rows.append(row)
     if json_output:
         typer.echo(json.dumps(rows, indent=1))
         return
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     keys = ("steps", "lr", "lam", "l0", "weight_factor", "top_k", "swap_every", "agg")
-    table = Table("task", "widths", "loss", *keys, title="tasks and their reference settings (all overridable)")
+    # task names are never cut, at any terminal width: the settings column wraps instead
+    table = Table(title="tasks and their reference settings (all overridable)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("task", no_wrap=True, min_width=max(len(r["task"]) for r in rows))
+    table.add_column("widths", overflow="fold")
+    table.add_column("loss", no_wrap=True)
+    table.add_column("reference settings (--set key=value)")
     for r in rows:
         widths = ",".join(map(str, r["widths"])) if r["widths"] else "-"
-        table.add_row(r["task"], widths, r["loss"] or "-", *(str(r["defaults"].get(k, "-")) for k in keys))
-    console = Console(markup=False, width=max(120, Console().width))
+        settings = " ".join(f"{k}={r['defaults'][k]}" for k in keys if k in r["defaults"]) or "-"
+        table.add_row(r["task"], widths, r["loss"] or "-", settings)
+    console = Console(markup=False, highlight=False)
     console.print(table)
     for r in rows:
-        console.print(f"{r['task']}: {r['description']}" + (f" ({r['note']})" if r.get("note") else ""))
+        options = ", ".join(f"{k}={json.dumps(v)}" for k, v in r["options"].items())
+        console.print(f"{r['task']}: {r['description']}" + (f" ({r['note']})" if r.get("note") else "")
+                      + f"\n  --task-option: {options or 'none'}")
 
 
 @app.command("train")
 def train_cmd(
     task: str = typer.Option(..., "--task", help="task name (see `modcircuit tasks`)"),
-    regime: str = typer.Option("bimt", "--regime", help="vanilla | l1 | l2 | l1-local | bimt"),
+    regime: str = typer.Option(DEFAULT_REGIME, "--regime", help=" | ".join(REGIMES)),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(..., "--out", help="checkpoint folder to write"),
     steps: Optional[int] = typer.Option(None, "--steps"),
@@ -91,6 +179,8 @@ def train_cmd(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the task's data files (mnist)"),
     download: bool = typer.Option(False, "--download", help="download the task's data when missing (mnist)"),
     sets: list[str] = typer.Option([], "--set", help="any other hyperparameter, key=value (JSON values)"),
+    task_options: list[str] = typer.Option([], "--task-option", help="a task option, key=value, e.g. p=23 "
+                                                                     "(modular-addition), noise=0.2 (two-moons)"),
     animate: Optional[Path] = typer.Option(None, "--animate", help="write a training animation (.gif or .mp4)"),
     frames: int = typer.Option(40, "--frames", help="animation frames"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -99,11 +189,11 @@ def train_cmd(
     """Train one model and write its checkpoint folder."""
     import torch
 
-    from .tasks import get_task
+    from .tasks import get_task, parse_task_options
     from .train import train
 
     torch.set_num_threads(max(1, threads))
-    options = {}
+    options = parse_task_options(task, task_options)
     if data_dir is not None:
         options["data_dir"] = str(data_dir)
     if download:
@@ -129,34 +219,6 @@ def train_cmd(
     else:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in run.metrics.items())
         typer.echo(f"{task}/{regime}/seed {seed}: {shown}; {run.timings['train_seconds']:.1f} s -> {out}")
-
-
-def _register_stage_commands() -> None:
-    """Commands of the later pipeline stages, each defined next to the code it drives."""
-    import importlib
-
-    for module, name, attr in [
-        ("modcircuit.circuits.cli_commands", "discover", "discover_cmd"),
-        ("modcircuit.circuits.cli_commands", "evaluate", "evaluate_cmd"),
-        ("modcircuit.viz.cli_commands", "draw", "draw_cmd"),
-        ("modcircuit.study.cli_commands", "profile", "profile_cmd"),
-        ("modcircuit.study.cli_commands", "report", "report_cmd"),
-    ]:
-        try:
-            fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-        app.command(name)(fn)
-    try:
-        from .study.cli_commands import study_run_cmd
-    except ImportError:
-        return
-    study_app = typer.Typer(no_args_is_help=True, help="Run studies: tasks x regimes x seeds x methods.")
-    study_app.command("run")(study_run_cmd)
-    app.add_typer(study_app, name="study")
-
-
-_register_stage_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

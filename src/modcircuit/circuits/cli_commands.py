@@ -54,15 +54,33 @@ def load_npz(path: Path) -> dict:
     return out
 
 
-def _load_run(run: Path):
+def _load_run(run: Path, task_options: list[str] = ()):
+    """The run's model and task; `task_options` (key=value texts) change the task the run was trained on."""
+    from ..tasks import get_task, parse_task_options
     from ..train import load
 
     r = load(run)
-    try:
-        task = r.task()
-    except ModcircuitError:
-        task = None  # e.g. the task's data files are missing here; --data still works
+    if not task_options:
+        try:
+            return r.model, r.task()
+        except ModcircuitError:
+            return r.model, None  # e.g. the task's data files are missing here; --data still works
+    options = {**r.task_options, **parse_task_options(r.task_name, list(task_options))}
+    task = get_task(r.task_name, seed=r.seed, **options)
+    _check_fits(r.model, task, task_options)
     return r.model, task
+
+
+def _check_fits(model, task, task_options) -> None:
+    """Refuse task options that give data the run's model cannot take (e.g. another modulus p)."""
+    given = " ".join(f"--task-option {o}" for o in task_options)
+    try:
+        with torch.no_grad():
+            outputs = model(task.x_test[:2]).shape[-1]
+    except (RuntimeError, IndexError, ModcircuitError) as e:
+        raise ModcircuitError(f"{given}: the run's model cannot take this task's inputs ({str(e).splitlines()[0]})")
+    if outputs != task.widths[-1]:
+        raise ModcircuitError(f"{given}: the task then has {task.widths[-1]} outputs; the run's model has {outputs}")
 
 
 def _data(task, data: Optional[Path]):
@@ -86,11 +104,13 @@ def discover_cmd(
     precision: str = typer.Option("float64", "--precision",
                                   help="float64 (default) | float32 (faster; what auto-circuit uses)"),
     split_qkv: bool = typer.Option(False, "--split-qkv", help="transformers: q, k and v inputs as separate receivers"),
+    task_options: list[str] = typer.Option([], "--task-option", help="change an option of the run's task, "
+                                                                     "key=value (see `modcircuit tasks`)"),
     json_output: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
     """Discover the circuit of a trained model and write it as JSON."""
     dtype = check_dtype(precision, "precision")  # before any work
-    model, task = _load_run(run)
+    model, task = _load_run(run, task_options)
     from ..nn.transformer import GeometricTransformer
 
     if split_qkv and not isinstance(model, GeometricTransformer):
@@ -127,10 +147,12 @@ def evaluate_cmd(
     run: Path = typer.Argument(..., help="run folder (model.safetensors + model.json)"),
     circuit_file: Path = typer.Argument(..., help="circuit JSON written by `modcircuit discover`"),
     data: Optional[Path] = typer.Option(None, "--data", help=".npz with clean, corrupt, optional labels"),
+    task_options: list[str] = typer.Option([], "--task-option", help="change an option of the run's task, "
+                                                                     "key=value (see `modcircuit tasks`)"),
     json_output: bool = typer.Option(False, "--json", help="machine-readable output (every metric)"),
 ):
     """Score a circuit: faithfulness, task accuracy, sparsity, cost, ground truth where known."""
-    model, task = _load_run(run)
+    model, task = _load_run(run, task_options)
     circuit = load_circuit(circuit_file, model)
     report = evaluate(model, circuit, _data(task, data))
     if json_output:

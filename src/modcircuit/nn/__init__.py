@@ -1,4 +1,10 @@
 """Models with neuron geometry. MODEL_KINDS maps a checkpoint's model kind to its class."""
+import torch
+
+# Weight penalties push weights into denormal floats, which slows CPU math several-fold. Set here, where
+# torch first loads for any model, task, training or discovery (the package root stays torch-free).
+torch.set_flush_denormal(True)
+
 from .mlp import MLP
 
 MODEL_KINDS: dict[str, type] = {"mlp": MLP}

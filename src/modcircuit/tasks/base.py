@@ -135,18 +135,72 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_task(name: str, seed: int = 0, **options) -> Task:
+def task_option_defaults(name: str) -> dict:
+    """The options `get_task(name, ...)` takes besides the seed, with their default values."""
     if name not in _REGISTRY:
         raise choice_error("task", name, _REGISTRY)
     import inspect
 
-    builder = _REGISTRY[name][0]
-    accepted = set(inspect.signature(builder).parameters) - {"seed"}
+    params = inspect.signature(_REGISTRY[name][0]).parameters
+    return {k: p.default for k, p in params.items() if k != "seed"}
+
+
+def _unknown_option(name: str, key: str, accepted) -> ModcircuitError:
+    return ModcircuitError(f"task {name} takes no option {key!r}; its options: {', '.join(sorted(accepted)) or 'none'}")
+
+
+def get_task(name: str, seed: int = 0, **options) -> Task:
+    accepted = task_option_defaults(name)
     for key in options:
         if key not in accepted:
-            raise ModcircuitError(
-                f"task {name} takes no option {key!r}; its options: {', '.join(sorted(accepted)) or 'none'}"
-            )
-    task = builder(seed=seed, **options)
+            raise _unknown_option(name, key, accepted)
+    task = _REGISTRY[name][0](seed=seed, **options)
     task.options = dict(options)
     return task
+
+
+def parse_task_options(name: str, items: list[str], flag: str = "--task-option") -> dict:
+    """Task options written as `key=value` text (the command line), typed like the option's default:
+    `p=23` -> 23, `noise=0.2` -> 0.2, `layernorm=false` -> False, `widths=[6,12,12,2]` -> a list."""
+    import json
+
+    defaults = task_option_defaults(name)
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ModcircuitError(f"{flag} {item!r} must look like key=value, e.g. noise=0.2")
+        if key not in defaults:
+            raise _unknown_option(name, key, defaults)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        default = defaults[key]
+        if default is None:  # no default to go by: numbers and lists as parsed, anything else as text
+            out[key] = value if isinstance(value, (int, float, list)) else text
+        elif isinstance(default, str):
+            out[key] = text  # paths and names stay exactly as written
+        else:
+            out[key] = _typed_like(default, value)
+            if out[key] is None:
+                raise ModcircuitError(f"{flag} {item!r}: task {name}'s option {key} takes a value like its "
+                                      f"default, {json.dumps(default)}")
+    return out
+
+
+def _typed_like(default, value):
+    """`value` as the type of `default` (an int is a fine float), or None when it does not fit."""
+    import math
+
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else None
+    if isinstance(default, int):
+        return value if number and isinstance(value, int) else None
+    if isinstance(default, float):
+        return float(value) if number and math.isfinite(value) else None
+    if isinstance(default, (list, tuple)):
+        return value if isinstance(value, list) else None
+    return value

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ModcircuitError
 from .base import Task, register_task
 
 
@@ -10,6 +11,10 @@ from .base import Task, register_task
 def two_moons(seed: int = 0, n: int = 200, noise: float = 0.1) -> Task:
     from sklearn.datasets import make_moons  # imported on use: sklearn costs seconds at start-up
 
+    if not (isinstance(n, int) and 4 <= n <= 10_000_000):
+        raise ModcircuitError(f"two-moons option n={n!r} must be an integer from 4 to 10000000")
+    if not (isinstance(noise, (int, float)) and 0 <= noise <= 100):
+        raise ModcircuitError(f"two-moons option noise={noise!r} must be a number from 0 to 100")
     xtr, ytr = make_moons(n, noise=noise, random_state=seed)
     xte, yte = make_moons(n, noise=noise, random_state=seed + 10_000)
     f = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731

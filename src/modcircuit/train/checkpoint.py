@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import replace_dir, staging_dir
+from ..atomic import ordinary_permissions, replace_dir, staging_dir
 from ..errors import ModcircuitError
 from ..nn import model_from_config
 
@@ -65,6 +65,7 @@ def save(run: Run, out_dir) -> Path:
     tmp = staging_dir(out_dir)
     try:
         save_file(state, str(tmp / "model.safetensors"))
+        ordinary_permissions(tmp / "model.safetensors")
         (tmp / "model.json").write_text(json.dumps(meta, indent=1, default=_jsonable))
         replace_dir(tmp, out_dir)
     except BaseException:

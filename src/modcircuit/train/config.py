@@ -6,13 +6,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ModcircuitError, choice_error
-from .regimes import REGIMES
+from .regimes import DEFAULT_REGIME, REGIMES
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    regime: str = "vanilla"
+    regime: str = DEFAULT_REGIME
     steps: int = Field(2000, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int | None = Field(None, ge=1)  # None = full batch

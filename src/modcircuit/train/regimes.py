@@ -10,14 +10,7 @@ from __future__ import annotations
 
 import torch
 
-REGIMES = ("vanilla", "l1", "l2", "l1-local", "bimt")
-REGIME_HELP = {
-    "vanilla": "task loss only",
-    "l1": "lam * sum/mean |W|",
-    "l2": "lam * sum/mean W^2",
-    "l1-local": "lam * BIMT connection cost, no swaps",
-    "bimt": "lam * BIMT connection cost + neuron swaps",
-}
+from ..regime_names import DEFAULT_REGIME, REGIME_HELP, REGIMES  # noqa: F401  (re-exported)
 
 
 def _agg(t: torch.Tensor, agg: str) -> torch.Tensor:

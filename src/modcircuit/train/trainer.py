@@ -15,7 +15,7 @@ from ..errors import ModcircuitError
 from ..tasks import Task, get_task
 from .checkpoint import Run
 from .config import make_config
-from .regimes import add_penalty_grad_, connection_cost, cost_factors, lam_at, penalty
+from .regimes import DEFAULT_REGIME, add_penalty_grad_, connection_cost, cost_factors, lam_at, penalty
 from .swap import relocate
 
 
@@ -34,7 +34,7 @@ def _progress(enabled: bool):
 
 def train(
     task: Task | str,
-    regime: str = "vanilla",
+    regime: str = DEFAULT_REGIME,
     seed: int = 0,
     *,
     progress: bool = False,

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
+from ..regime_names import DEFAULT_REGIME
 from ..errors import ModcircuitError
 from .network import draw
 from ..atomic import publish, write_bytes
@@ -123,7 +124,7 @@ class Recorder:
         return path
 
 
-def record_training(task, regime: str = "bimt", path="training.gif", *, frames: int = 20, seed: int = 0,
+def record_training(task, regime: str = DEFAULT_REGIME, path="training.gif", *, frames: int = 20, seed: int = 0,
                     threshold: float = 0.05, fps: float = 4.0, **train_options):
     """Train `task` under `regime` and write an animation of at most `frames` frames, evenly spaced
     over training (the first after step 1); returns (run, path)."""
