@@ -36,7 +36,7 @@ def patch_context(model, circuit: CircuitBase, clean, corrupt=None, labels=None)
     """The patching context a circuit of this kind runs in (the circuit's metric and ablation)."""
     circuit.check_model(model)
     if isinstance(circuit, TransformerCircuit):
-        from .transformer_graph import TransformerPatchContext
+        from .transformer_patching import TransformerPatchContext
 
         return TransformerPatchContext(model, clean, corrupt, metric=circuit.metric, ablation=circuit.ablation,
                                        split_qkv=circuit.graph.split_qkv, labels=labels)
