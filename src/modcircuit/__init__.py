@@ -13,7 +13,7 @@ _torch.set_flush_denormal(True)
 _LAZY = {
     "discover": "circuits", "evaluate": "circuits", "Circuit": "circuits", "load_circuit": "circuits",
     "draw": "viz", "interactive": "viz",
-    "to_transformer_lens": "export",
+    "to_transformer_lens": "export", "from_transformer_lens": "export",
     "GeometricTransformer": "nn.transformer",
 }
 

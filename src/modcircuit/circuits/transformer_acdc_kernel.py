@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..nn.transformer import activation
 from .methods import MethodResult
 from .transformer_patching import TransformerPatchContext, weighted_values
 
@@ -138,7 +139,7 @@ class _StageACDC:
     def _mlp(self, b, x: torch.Tensor) -> torch.Tensor:
         """b.mlp(x) with the biases added in the matrix products."""
         h = F.linear(b.norm2(x), b.W_in, b.b_in)
-        return F.linear(F.relu(h) if self.m.act == "relu" else F.gelu(h), b.W_out, b.b_out)
+        return F.linear(activation(self.m.act, h), b.W_out, b.b_out)
 
     def _metric_out(self, x: torch.Tensor) -> torch.Tensor:
         """The metric [K] of the output read from residual x [K, B, 1, d] (KL: the model's log-probabilities
@@ -170,7 +171,7 @@ class _StageACDC:
         """Results [P, ..., Tq, d] of heads (one per leading index) from q [P, ..., Tq, dh], k, v [P, ..., T, dh]."""
         Tq, T = q.shape[-2], k.shape[-2]
         s = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1]))
-        if Tq > 1:
+        if Tq > 1 and self.m.blocks[l].causal:
             s = s.masked_fill(self._causal(Tq, T), float("-inf"))
         z = weighted_values(s.softmax(-1), v)
         Wo = self.W[l][3]

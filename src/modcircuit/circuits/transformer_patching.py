@@ -306,8 +306,9 @@ class TransformerPatchContext:
         k = ki @ b.W_K[sl].T + b.b_K[sl]
         v = vi @ b.W_V[sl].T + b.b_V[sl]
         scores = q @ k.transpose(1, 2) / math.sqrt(dh)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-        pattern = scores.masked_fill(causal, float("-inf")).softmax(-1)
+        if b.causal:
+            scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+        pattern = scores.softmax(-1)
         return ((pattern @ v) @ b.W_O[:, sl].T).reshape(K, B, T, -1)
 
     def run(self, M: torch.Tensor, start: int = 0, prefix: torch.Tensor | None = None,
@@ -417,7 +418,9 @@ def fused_pass(m: GeometricTransformer, e: torch.Tensor, nodes: list | None = No
             q, resid = q[:, :, -1:], resid[:, -1:]
             scores = q @ k.transpose(-1, -2) / math.sqrt(dh)
         else:
-            scores = (q @ k.transpose(-1, -2) / math.sqrt(dh)).masked_fill(causal, float("-inf"))
+            scores = q @ k.transpose(-1, -2) / math.sqrt(dh)
+            if b.causal:
+                scores = scores.masked_fill(causal, float("-inf"))
         z = weighted_values(scores.softmax(-1), v)  # [B, H, Tq, dh]
         Tq = z.shape[2]
         res = torch.bmm(z.permute(1, 0, 2, 3).reshape(H, B * Tq, dh),

@@ -41,7 +41,7 @@ def _write_read(m: GeometricTransformer, g: TransformerGraph):
             qkv = [W[h * dh:(h + 1) * dh] * gain1 for W in (b.W_Q, b.W_K, b.W_V)]
             read += qkv if g.split_qkv else [torch.cat(qkv, 0)]
         read.append(b.W_in * gain2)
-    gain = m.ln_f.weight if m.ln_f is not None else torch.ones_like(m.b_U)
+    gain = m.ln_f.weight if m.ln_f is not None else m.W_U.new_ones(m.d_model)
     read.append(m.W_U * gain)
     return write, read
 
