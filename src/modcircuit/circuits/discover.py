@@ -45,7 +45,7 @@ def resolve_data(model, data, corrupt=None, labels=None, *, split: str = "test",
 def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: float = 0.01, metric: str | None = None,
              ablation: str = "resample", labels=None, top_k: int | None = None, split: str = "test",
              examples: int | None = None, data_seed: int | None = None, progress=None, dtype=torch.float64,
-             **options) -> Circuit:
+             positions=None, **options) -> Circuit:
     """Find the circuit of `model` on clean inputs (vs corrupt ones for resample ablation).
 
         discover(model, clean, corrupt, method="acdc", threshold=0.01, metric="kl", ablation="resample")
@@ -56,7 +56,9 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     score is >= threshold, or the `top_k` best. The model's graph kind (kinds.py: an MLP's neuron graph, a
     GeometricTransformer's head-level graph, split_qkv=True for q/k/v inputs apart) picks the patch
     context and the method's implementation. dtype: precision of the patched runs, torch.float64 (default)
-    or torch.float32 (or "float32"; faster, what auto-circuit uses). Extra keyword options go to the method.
+    or torch.float32 (or "float32"; faster, what auto-circuit uses). positions (transformers): the output
+    positions the metric averages over, "last" (default), "all", a list of indices or a bool mask [B, T]
+    (positions.py). Extra keyword options go to the method.
     """
     kind = graph_kind(model)
     model = kind.prepare(model)
@@ -70,6 +72,8 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
         raise ModcircuitError(f"top_k {top_k!r} is not allowed; give an integer >= 0")
     graph_options = {k: options.pop(k) for k in kind.options if k in options}
+    if positions is not None:
+        graph_options["positions"] = positions
     allowed = set(inspect.signature(fn).parameters) - {"ctx", "threshold"}
     bad = [k for k in options if k not in allowed]
     if bad:

@@ -5,12 +5,13 @@
 "mlp": the neuron-level graph of an MLP (PatchContext, Circuit; scores one tensor per linear layer).
 "transformer": the head-level graph of a GeometricTransformer (TransformerPatchContext, TransformerCircuit;
 scores one [n_dest, n_src] tensor, NaN where there is no edge). A kind names the options that belong to the
-graph rather than to the method (the transformer's split_qkv).
+graph rather than to the method (the transformer's split_qkv and positions).
 """
 from __future__ import annotations
 
 import torch
 
+from ..errors import ModcircuitError
 from .circuit import Circuit, CircuitBase, TransformerCircuit
 from .graph import Graph, as_mlp
 
@@ -28,8 +29,11 @@ class MLPKind:
         return as_mlp(model)
 
     @staticmethod
-    def context(model, clean, corrupt, *, metric, ablation, labels, dtype):
+    def context(model, clean, corrupt, *, metric, ablation, labels, dtype, positions=None):
         from .patching import PatchContext
+
+        if positions is not None and not (isinstance(positions, str) and positions == "last"):
+            raise ModcircuitError(f"positions {positions!r} apply to transformers; an MLP has one output per example")
 
         return PatchContext(model, clean, corrupt, metric=metric, ablation=ablation, labels=labels, dtype=dtype)
 
@@ -53,7 +57,7 @@ class MLPKind:
 
 class TransformerKind:
     name = "transformer"
-    options: tuple[str, ...] = ("split_qkv",)
+    options: tuple[str, ...] = ("split_qkv", "positions")
 
     @staticmethod
     def accepts(model) -> bool:
@@ -66,11 +70,12 @@ class TransformerKind:
         return model
 
     @staticmethod
-    def context(model, clean, corrupt, *, metric, ablation, labels, dtype, split_qkv: bool = False):
+    def context(model, clean, corrupt, *, metric, ablation, labels, dtype, split_qkv: bool = False,
+                positions=None):
         from .transformer_patching import TransformerPatchContext
 
         return TransformerPatchContext(model, clean, corrupt, metric=metric, ablation=ablation, labels=labels,
-                                       dtype=dtype, split_qkv=split_qkv)
+                                       dtype=dtype, split_qkv=split_qkv, positions=positions)
 
     @staticmethod
     def scores(ctx, result, method: str, task):
@@ -84,6 +89,8 @@ class TransformerKind:
 
     @staticmethod
     def circuit(ctx, graph, scores, mask, common: dict) -> CircuitBase:
+        if not ctx.positions.last:  # (absent for the last position, so circuits written before read the same)
+            common["extra"]["positions"] = ctx.positions.spec
         return TransformerCircuit(scores, mask, **common, graph=graph)
 
 

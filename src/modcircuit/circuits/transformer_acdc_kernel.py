@@ -68,6 +68,9 @@ class _StageACDC:
         self.ctx, self.thr, self.cap = ctx, thr, max(1, max_candidates)
         self.g, self.m = ctx.graph, ctx.model
         self.first = FIRST_CHUNK
+        # the positions the last layer computes and the output reads: the last one, or all of them when the
+        # metric reads other positions (see positions.py)
+        self.lp = ctx.positions.read
         self.M = ctx.full_mask().to(ctx.dtype)
         self.D = ctx.D[:, 0].expand(-1, *ctx.h.shape[2:])  # [n_src, B, T, d]
         self.a = ctx.a[:, 0]  # [n_src, B|1, T, d]
@@ -142,13 +145,13 @@ class _StageACDC:
         return F.linear(activation(self.m.act, h), b.W_out, b.b_out)
 
     def _metric_out(self, x: torch.Tensor) -> torch.Tensor:
-        """The metric [K] of the output read from residual x [K, B, 1, d] (KL: the model's log-probabilities
-        computed once)."""
+        """The metric [K] of the output read from residual x [K, B, T', d] at the positions read (the last
+        only: KL from the model's log-probabilities computed once)."""
         m = self.m
         if m.ln_f is not None:
             x = m.ln_f(x)
-        out = F.linear(x, m.W_U, m.b_U)[..., -1, :]
-        if self.ctx.metric_name != "kl":
+        out = self.ctx.positions.select(F.linear(x, m.W_U, m.b_U))
+        if self.ctx.metric_name != "kl" or not self.ctx.positions.last:
             return self.ctx.metric(out)
         if self._logp is None:
             self._logp = F.log_softmax(self.ctx.target, -1)
@@ -231,7 +234,7 @@ class _StageACDC:
     def _layer(self, j: int, dl: dict, K: int):
         """Recompute layer j (after the stage's) for K candidates: dl maps source -> live - ablated [K|1, B, T', d]."""
         g, b = self.g, self.m.blocks[j]
-        pos = slice(-1, None) if j == g.n_layers - 1 else slice(None)
+        pos = self.lp if j == g.n_layers - 1 else slice(None)
         heads = [h for h in range(g.n_heads) if self.alive[g.src_head(j, h)]]
         if heads:
             res = self._attend(j, heads, *self._attn_qkv(j, heads, dl, K, pos))  # [Hc, K, B, Tq, d]
@@ -294,7 +297,7 @@ class _StageACDC:
         g = self.g
         for jj in range(j, g.n_layers):
             self._layer(jj, dl, K)
-        x = self._gather([g.dest_out], dl, K, slice(-1, None))[0]
+        x = self._gather([g.dest_out], dl, K, self.lp)[0]
         return self._metric_out(x)
 
     # ---- candidate evaluation ----------------------------------------------------------------------
@@ -305,7 +308,7 @@ class _StageACDC:
         b = self.m.blocks[l]
         nq, H = g.nq, g.n_heads
         last = l == g.n_layers - 1
-        pos = slice(-1, None) if last else slice(None)
+        pos = self.lp if last else slice(None)
         hs = sorted(self.dirty)
         if hs:  # every changed head at once
             x = self.U[[g.dest_attn(l, h, c) - self.k0 for h in hs for c in range(nq)]]
@@ -343,7 +346,7 @@ class _StageACDC:
         b = self.m.blocks[l]
         H, nq = g.n_heads, g.nq
         last = l == g.n_layers - 1
-        pos = slice(-1, None) if last else slice(None)
+        pos = self.lp if last else slice(None)
         if self.dirty or self.cur is None:
             self._refresh()
         changed = R.ne(0).any(-1)  # [K, H * nq]
@@ -414,7 +417,7 @@ class _StageACDC:
     def _last_DU(self):
         """Ds and U at the last position (contiguous), cached until U changes."""
         if self._lastDU is None:
-            self._lastDU = (self.Ds[:, :, -1:].contiguous(), self.U[:, :, -1:].contiguous())
+            self._lastDU = (self.Ds[:, :, self.lp].contiguous(), self.U[:, :, self.lp].contiguous())
         return self._lastDU
 
     def _last_tail(self, K: int, ip, hp, dres) -> torch.Tensor:
@@ -428,7 +431,7 @@ class _StageACDC:
             if self.cx_mlp is not None:
                 x_mlp = self.cx_mlp.expand(K, -1, -1, -1).index_add(0, ip, dres * self.w_mlp[hp][:, None, None, None])
                 s = g.src_mlp(l)
-                dm = self._mlp(self.m.blocks[l], x_mlp) - self.a[s][:, -1:] - self.cdl_mlp
+                dm = self._mlp(self.m.blocks[l], x_mlp) - self.a[s][:, self.lp] - self.cdl_mlp
                 x_out = x_out + self.w_out_mlp * dm
         self.chunk_tail = (x_out, x_mlp, dm)
         return self._metric_out(x_out)
@@ -441,7 +444,7 @@ class _StageACDC:
             return
         ip, hp, qkv, dres, inv = chunk
         g, l = self.g, self.layer
-        pos = slice(-1, None) if l == g.n_layers - 1 else slice(None)
+        pos = self.lp if l == g.n_layers - 1 else slice(None)
         for p in inv[ip == i].tolist():
             h = int(hp[p])
             for c in range(3):
@@ -472,9 +475,9 @@ class _StageACDC:
         self._live = {}
         self.chunk = self.chunk_tail = None
         if self.kind == "out":
-            x = self._removed(R, 0, None, slice(-1, None))
+            x = self._removed(R, 0, None, self.lp)
             return self._metric_out(x)
-        pos = slice(-1, None) if l == g.n_layers - 1 else slice(None)
+        pos = self.lp if l == g.n_layers - 1 else slice(None)
         b = self.m.blocks[l]
         dl: dict = {}
         if self.kind == "mlp":

@@ -40,6 +40,7 @@ from ..errors import ModcircuitError, choice_error
 from ..nn.transformer import GeometricTransformer
 from .circuit import TransformerCircuit
 from .graph import TransformerGraph
+from .positions import Positions, resolve_positions
 
 
 METRICS = ("kl", "mse")
@@ -47,14 +48,21 @@ ABLATIONS = ("resample", "zero", "mean")
 OBJECTIVES = ("recovered", "logit-diff")
 
 
-def divergence(metric: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """KL(model || circuit) (batchmean) or MSE to the model; out [..., B, n_out], target [B, n_out]."""
+def divergence(metric: str, out: torch.Tensor, target: torch.Tensor, positions: Positions | None = None) -> torch.Tensor:
+    """KL(model || circuit) (batchmean) or MSE to the model; out [..., B, n_out], target [B, n_out] (the last
+    position), or with positions other than the last out [..., B, n, n_out], target [B, n, n_out], averaged
+    over the chosen (example, position) pairs."""
+    if metric not in METRICS:
+        raise choice_error("metric", metric, METRICS)
+    if positions is None or positions.last:
+        if metric == "kl":
+            logp, logq = F.log_softmax(target, -1), F.log_softmax(out, -1)
+            return (logp.exp() * (logp - logq)).sum(-1).mean(-1)
+        return ((out - target) ** 2).mean((-1, -2))
     if metric == "kl":
         logp, logq = F.log_softmax(target, -1), F.log_softmax(out, -1)
-        return (logp.exp() * (logp - logq)).sum(-1).mean(-1)
-    if metric == "mse":
-        return ((out - target) ** 2).mean((-1, -2))
-    raise choice_error("metric", metric, METRICS)
+        return positions.average((logp.exp() * (logp - logq)).sum(-1))
+    return positions.average(((out - target) ** 2).mean(-1))
 
 
 # ---- patching ------------------------------------------------------------------------------------
@@ -133,7 +141,8 @@ class TransformerPatchContext:
     candidate circuits in one pass."""
 
     def __init__(self, model, clean, corrupt=None, *, metric: str = "kl", ablation: str = "resample",
-                 split_qkv: bool = False, labels=None, means: torch.Tensor | None = None, dtype=torch.float64):
+                 split_qkv: bool = False, labels=None, means: torch.Tensor | None = None, dtype=torch.float64,
+                 positions="last"):
         if not isinstance(model, GeometricTransformer):
             raise ModcircuitError(f"the transformer graph needs a GeometricTransformer, got {type(model).__name__}")
         if metric not in METRICS:
@@ -155,6 +164,10 @@ class TransformerPatchContext:
             if corrupt.shape != clean.shape:
                 raise ModcircuitError(f"corrupt has shape {tuple(corrupt.shape)}, clean {tuple(clean.shape)}; they must match")
         self.clean, self.corrupt, self.labels = clean, corrupt, labels
+        if clean.dim() < 2:
+            raise ModcircuitError(f"inputs of shape {tuple(clean.shape)} do not fit the model: they need [batch, positions"
+                                  f"{'' if model.tokens else ', ' + str(model.d_input)}]")
+        self.positions = resolve_positions(positions, clean.shape[0], clean.shape[1])
         self.forward_passes = 0
         self._means = means
         with torch.no_grad():  # checks the inputs fit the model (the runs themselves happen on first use)
@@ -234,8 +247,8 @@ class TransformerPatchContext:
         the output [B, d_out]."""
         if e is None:
             e = self.embed(x)
-        outs, out, _ = fused_pass(self.model, e)
-        return torch.cat(outs)[:, None], out
+        outs, out, _ = fused_pass(self.model, e, read=self.positions.read)
+        return torch.cat(outs)[:, None], self.positions.select(out)
 
     @property
     def const(self) -> torch.Tensor:
@@ -270,18 +283,18 @@ class TransformerPatchContext:
         self._cache = {}
 
     def inputs(self, M: torch.Tensor, dests: list[int], prefix: torch.Tensor | None = None,
-               new: list[torch.Tensor] = (), last_only: bool = False) -> torch.Tensor:
+               new: list[torch.Tensor] = (), read: slice = slice(None)) -> torch.Tensor:
         """Inputs [K, B, T, len(dests), d] of destinations `dests` (all fed by the same sources): base +
         sum_s M[k, s] (live_s - a_s), the differences given as a stacked prefix [n0, K|1, B, T, d] (default:
-        the clean ones, whose part is cached per mask row) and a list of later ones. last_only: only the
-        last position (T = 1)."""
+        the clean ones, whose part is cached per mask row) and a list of later ones. read: the positions (T' of
+        them; slice(-1, None): the last one only)."""
         clean = prefix is None
         prefix = self.D if prefix is None else prefix
         n = self.graph.dest_n_src(dests[0])
         n0 = min(len(prefix), n)
         Md = M[dests].to(self.dtype)
-        t = slice(-1, None) if last_only else slice(None)
-        key = (tuple(dests), n0, last_only, Md[:, :n0].cpu().numpy().tobytes()) if clean else None
+        t = read
+        key = (tuple(dests), n0, t.start, Md[:, :n0].cpu().numpy().tobytes()) if clean else None
         x = self._cache.get(key) if clean else None
         if x is None:
             x = self.base[dests][:, :, :, t].permute(1, 2, 3, 0, 4) + torch.einsum(
@@ -329,8 +342,10 @@ class TransformerPatchContext:
             prefix = self.D[: g.n_src_before(start)]
         new: list[torch.Tensor] = []
 
-        def get(dests, last_only=False):
-            x = self.inputs(M, dests, prefix, new, last_only)
+        read = self.positions.read  # the positions the output reads (and the last layer computes)
+
+        def get(dests, read=slice(None)):
+            x = self.inputs(M, dests, prefix, new, read)
             if record is not None:
                 if x.requires_grad:
                     x.retain_grad()
@@ -352,14 +367,12 @@ class TransformerPatchContext:
                 xh[..., c, :] = cands
                 heads[h] = self._one_head(b, h, xh)
             new += [heads[h] - self.a[g.src_head(l, h)] for h in range(H)]
-            # the last MLP only matters at the last position (MLPs are position-wise; the output reads there)
-            last = l == g.n_layers - 1
-            xm = cands if r == g.dest_mlp(l) else get([g.dest_mlp(l)], last)[..., 0, :]
-            if last:
-                xm = xm[:, :, -1:]
-            new.append(b.mlp(xm, m.act) - self.a[g.src_mlp(l)][:, :, -xm.shape[2]:])
-        xo = cands[:, :, -1:] if r == g.dest_out else get([g.dest_out], True)[..., 0, :]
-        return m.unembed(xo)[..., -1, :]
+            # the last MLP only matters where the output reads (MLPs are position-wise)
+            t = read if l == g.n_layers - 1 else slice(None)
+            xm = cands[:, :, t] if r == g.dest_mlp(l) else get([g.dest_mlp(l)], t)[..., 0, :]
+            new.append(b.mlp(xm, m.act) - self.a[g.src_mlp(l)][:, :, t])
+        xo = cands[:, :, read] if r == g.dest_out else get([g.dest_out], read)[..., 0, :]
+        return self.positions.select(m.unembed(xo))
 
     def forward(self, M) -> torch.Tensor:
         """Output [B, d_out] of the circuit M (bool or float [n_dest, n_src], or a one-element list of it as
@@ -369,7 +382,11 @@ class TransformerPatchContext:
         return self.run(M.to(self.device))[0]
 
     def metric(self, out: torch.Tensor) -> torch.Tensor:
-        return divergence(self.metric_name, out, self.target)
+        return divergence(self.metric_name, out, self.target, self.positions)
+
+    def divergence(self, metric: str, out: torch.Tensor) -> torch.Tensor:
+        """KL or MSE of outputs `out` to the model's, averaged over the chosen positions."""
+        return divergence(metric, out, self.target, self.positions)
 
     def full_mask(self, value: bool = True) -> torch.Tensor:
         return self.allowed.clone() if value else torch.zeros_like(self.allowed)
@@ -392,7 +409,8 @@ def weighted_values(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return z
 
 
-def fused_pass(m: GeometricTransformer, e: torch.Tensor, nodes: list | None = None, last_only: bool = False):
+def fused_pass(m: GeometricTransformer, e: torch.Tensor, nodes: list | None = None, last_only: bool = False,
+               read: slice = slice(-1, None)):
     """The model on embedding e [B, T, d]: source outputs (a list of [n, B, T, d]), output [B, d_out], and
     each block's input [B, T, d]. With nodes (a list) the pass records the gradient nodes: per block the
     LayerNormed attention input's q, k, v projections [B, T, 3, H, dh] and the MLP's input, then the
@@ -433,10 +451,10 @@ def fused_pass(m: GeometricTransformer, e: torch.Tensor, nodes: list | None = No
         mo = b.mlp(xm, m.act)
         outs.append(mo[None])
         resid = resid + mo
-    xo = resid[:, -1:]  # the output reads the last position only
+    xo = resid[:, -1:] if last_only else resid[:, read]  # the positions the output reads
     if nodes is not None:
         nodes.append(xo)
-    return outs, m.unembed(xo)[:, -1], ins
+    return outs, m.unembed(xo), ins
 
 
 @torch.no_grad()

@@ -45,7 +45,9 @@ def _full_circuit_eap(ctx: TransformerPatchContext, objective: str) -> torch.Ten
     with torch.enable_grad():
         e = ctx._emb[0]
         B, T, d = e.shape
-        outs, out, ins = fused_pass(m, e, nodes, last_only=True)
+        P = ctx.positions
+        outs, out, ins = fused_pass(m, e, nodes, last_only=P.last, read=P.read)
+        out = P.select(out)
         if ctx._target is None:
             ctx._target = out.detach()
         obj = _objective(ctx, objective)  # (the "recovered" one runs the context: its clean and ablated runs)
@@ -54,14 +56,14 @@ def _full_circuit_eap(ctx: TransformerPatchContext, objective: str) -> torch.Ten
         diff = ctx.a[:, 0] - ctx.h[:, 0]  # [n_src, B|1, T, d]
         if diff.shape[1] != B:
             diff = diff.expand(-1, B, -1, -1)
-        last = diff[:, :, -1:]
+        last = diff[:, :, P.read]
     else:  # the clean source outputs from this pass, the ablated ones from a run of the corrupted inputs;
         # the last block's only at the last position (the context's h and a are computed when asked for)
         with torch.no_grad():
-            a_outs = fused_pass(m, ctx._emb[1], last_only=True)[0]
+            a_outs = fused_pass(m, ctx._emb[1], last_only=P.last, read=P.read)[0]
             diffs = [x.detach() - y for x, y in zip(a_outs, outs)]
             diff = torch.cat(diffs[:-2])  # [n0, B, T, d]
-            last = torch.cat([diff[:, :, -1:]] + diffs[-2:])  # [n_src, B, 1, d]
+            last = torch.cat([diff[:, :, P.read]] + diffs[-2:])  # [n_src, B, T', d]
     eff = torch.empty(g.n_dest, g.n_src, dtype=ctx.dtype, device=ctx.device)
     for l, b in enumerate(m.blocks):
         gq, gm = grads[2 * l], grads[2 * l + 1]  # [B, T, 3, H, dh], [B, T', d] (T' = 1 in the last block)
