@@ -106,9 +106,8 @@ def test_only_hooked_transformers_are_imported():
         mc.from_transformer_lens(mc.MLP([2, 3, 2]))
 
 
-@pytest.mark.parametrize("name", ["bidirectional", "attn-only", "no-ln-gelu", "attn-only-bidirectional-lnpre",
-                                  "ln-causal-gelu_new"])
-@pytest.mark.parametrize("split_qkv", [False, True])
+@pytest.mark.parametrize("name,split_qkv", [("bidirectional", False), ("attn-only", True), ("no-ln-gelu", False),
+                                            ("attn-only-bidirectional-lnpre", False), ("ln-causal-gelu_new", True)])
 def test_fast_acdc_equals_reference_on_imported_models(name, split_qkv):
     from modcircuit.circuits.transformer_graph import TransformerPatchContext, acdc_fast, acdc_plain
 
