@@ -18,7 +18,7 @@ _LAZY = {
     "register_method": "circuits", "method_names": "circuits", "TransformerCircuit": "circuits.circuit",
     "draw": "viz", "interactive": "viz", "record_training": "viz",
     "run_study": "study", "build_report": "report", "profile_run": "profile",
-    "to_transformer_lens": "export",
+    "to_transformer_lens": "export", "from_transformer_lens": "export",
 }
 __all__ = sorted(_LAZY)
 

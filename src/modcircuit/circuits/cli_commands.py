@@ -22,6 +22,7 @@ from .circuit import load_circuit
 from .discover import discover, task_metric
 from .methods import method_names
 from .metrics import evaluate
+from .positions import parse_positions
 from .patching import check_dtype
 
 
@@ -106,10 +107,14 @@ def discover_cmd(
     split_qkv: bool = typer.Option(False, "--split-qkv", help="transformers: q, k and v inputs as separate receivers"),
     task_options: list[str] = typer.Option([], "--task-option", help="change an option of the run's task, "
                                                                      "key=value (see `modcircuit tasks`)"),
+    positions: Optional[str] = typer.Option(None, "--positions",
+                                            help="transformers: output positions the metric averages over: "
+                                                 "last (default) | all | comma-separated indices (0,3,-1)"),
     json_output: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
     """Discover the circuit of a trained model and write it as JSON."""
     dtype = check_dtype(precision, "precision")  # before any work
+    positions = parse_positions(positions) if positions is not None else None
     model, task = _load_run(run, task_options)
     from ..nn.transformer import GeometricTransformer
 
@@ -121,6 +126,8 @@ def discover_cmd(
     kwargs = dict(method=method, threshold=threshold, metric=metric, ablation=ablation, top_k=top_k, dtype=dtype)
     if split_qkv:
         kwargs["split_qkv"] = True
+    if positions is not None:
+        kwargs["positions"] = positions
     if hasattr(source, "patching_pairs"):
         kwargs["examples"] = examples
     if json_output:
@@ -149,12 +156,16 @@ def evaluate_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help=".npz with clean, corrupt, optional labels"),
     task_options: list[str] = typer.Option([], "--task-option", help="change an option of the run's task, "
                                                                      "key=value (see `modcircuit tasks`)"),
+    positions: Optional[str] = typer.Option(None, "--positions",
+                                            help="transformers: output positions (default: the circuit's): "
+                                                 "last | all | comma-separated indices"),
     json_output: bool = typer.Option(False, "--json", help="machine-readable output (every metric)"),
 ):
     """Score a circuit: faithfulness, task accuracy, sparsity, cost, ground truth where known."""
+    positions = parse_positions(positions) if positions is not None else None
     model, task = _load_run(run, task_options)
     circuit = load_circuit(circuit_file, model)
-    report = evaluate(model, circuit, _data(task, data))
+    report = evaluate(model, circuit, _data(task, data), positions=positions)
     if json_output:
         typer.echo(json.dumps(report, allow_nan=False, default=str))
         return

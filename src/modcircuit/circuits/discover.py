@@ -9,9 +9,9 @@ import torch
 from ..errors import ModcircuitError
 from ..tasks.base import Task
 from .circuit import Circuit
-from .graph import Graph, as_mlp
+from .kinds import graph_kind
 from .methods import get_method
-from .patching import PatchContext, check_choice, check_dtype, check_threshold
+from .patching import check_choice, check_dtype, check_threshold
 
 
 def task_metric(task: Task) -> str:
@@ -45,7 +45,7 @@ def resolve_data(model, data, corrupt=None, labels=None, *, split: str = "test",
 def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: float = 0.01, metric: str | None = None,
              ablation: str = "resample", labels=None, top_k: int | None = None, split: str = "test",
              examples: int | None = None, data_seed: int | None = None, progress=None, dtype=torch.float64,
-             **options) -> Circuit:
+             positions=None, **options) -> Circuit:
     """Find the circuit of `model` on clean inputs (vs corrupt ones for resample ablation).
 
         discover(model, clean, corrupt, method="acdc", threshold=0.01, metric="kl", ablation="resample")
@@ -53,19 +53,16 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
 
     metric: "kl" (KL(model || circuit), batchmean) or "mse" (to the model's outputs); default: the task's
     (kl for classification, mse for regression), "kl" for raw data. Score-only methods keep the edges whose
-    score is >= threshold, or the `top_k` best. dtype: precision of the patched runs, torch.float64 (default)
-    or torch.float32 (or "float32"; faster, what auto-circuit uses). Extra keyword options go to the method.
+    score is >= threshold, or the `top_k` best. The model's graph kind (kinds.py: an MLP's neuron graph, a
+    GeometricTransformer's head-level graph, split_qkv=True for q/k/v inputs apart) picks the patch
+    context and the method's implementation. dtype: precision of the patched runs, torch.float64 (default)
+    or torch.float32 (or "float32"; faster, what auto-circuit uses). positions (transformers): the output
+    positions the metric averages over, "last" (default), "all", a list of indices or a bool mask [B, T]
+    (positions.py). Extra keyword options go to the method.
     """
-    from ..nn.transformer import GeometricTransformer
-
-    if isinstance(model, GeometricTransformer):  # head-level graph, same semantics (transformer_graph.py)
-        from .transformer_graph import discover_transformer
-
-        return discover_transformer(model, data, corrupt, method=method, threshold=threshold, metric=metric,
-                                    ablation=ablation, top_k=top_k, split=split, n=examples, seed=data_seed,
-                                    dtype=dtype, **options)
-    model = as_mlp(model)
-    fn = get_method(method)
+    kind = graph_kind(model)
+    model = kind.prepare(model)
+    fn = get_method(method, kind.name)
     dtype = check_dtype(dtype)
     threshold = check_threshold(threshold)
     clean, corrupt, labels, task = resolve_data(model, data, corrupt, labels, split=split, n=examples, seed=data_seed)
@@ -74,25 +71,29 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     check_choice(metric, ablation)
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
         raise ModcircuitError(f"top_k {top_k!r} is not allowed; give an integer >= 0")
+    graph_options = {k: options.pop(k) for k in kind.options if k in options}
+    if positions is not None:
+        graph_options["positions"] = positions
     allowed = set(inspect.signature(fn).parameters) - {"ctx", "threshold"}
     bad = [k for k in options if k not in allowed]
     if bad:
-        raise ModcircuitError(f"method {method!r} has no option {bad[0]!r}; allowed: {', '.join(sorted(allowed)) or 'none'}")
+        raise ModcircuitError(f"method {method!r} has no option {bad[0]!r}; allowed: "
+                              f"{', '.join(sorted(allowed | set(kind.options))) or 'none'}")
     if progress is not None and "progress" in allowed:
         options["progress"] = progress
     t0 = time.perf_counter()
-    ctx = PatchContext(model, clean, corrupt, metric=metric, ablation=ablation, labels=labels, dtype=dtype)
-    res = fn(ctx, threshold, **options)
+    ctx = kind.context(model, clean, corrupt, metric=metric, ablation=ablation, labels=labels, dtype=dtype,
+                       **graph_options)
+    res = fn(ctx, float(threshold), **options)
     seconds = time.perf_counter() - t0
-    graph = Graph.of(model, task.input_names if task else None, task.output_names if task else None)
-    graph.check(res.scores, f"method {method!r} scores")
-    scores = [s.detach().cpu().to(torch.float64) for s in res.scores]
+    scores, mask, graph = kind.scores(ctx, res, method, task)
     if top_k is not None:
         mask = top_k_mask(scores, top_k)
-    elif res.mask is not None:
-        mask = [m.detach().cpu().bool() for m in res.mask]
-    else:
+    elif mask is None:
         mask = [s >= threshold for s in scores]
+    edges = kind.edges(ctx)
+    if edges is not None:  # entries that are not edges are never kept
+        mask = [m & e for m, e in zip(mask, edges)]
     extra = dict(res.extra)
     if top_k is not None:
         extra["top_k"] = top_k
@@ -100,8 +101,9 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
         extra["task"] = task.name
     extra["examples"] = ctx.batch
     extra["dtype"] = str(dtype).replace("torch.", "")
-    return Circuit(scores, mask, method, threshold, metric, ablation, seconds, int(res.forward_passes), extra,
-                   widths=list(model.widths), node_names=graph.node_names, means=ctx.means)
+    common = dict(method=method, threshold=threshold, metric=metric, ablation=ablation, seconds=seconds,
+                  forward_passes=int(res.forward_passes), extra=extra)
+    return kind.circuit(ctx, graph, scores, mask, common)
 
 
 def top_k_mask(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:

@@ -1,8 +1,9 @@
 """Scoring a circuit: faithfulness to the model, task performance, sparsity, cost, ground truth.
 
 evaluate(model, circuit, task_or_data) -> dict (JSON-ready), for an MLP's Circuit and a transformer's
-TransformerCircuit alike (outputs of a transformer at the last position; its nodes are embed, heads,
-MLPs and the output):
+TransformerCircuit alike (outputs of a transformer at the positions it was discovered with, the last by
+default, or `positions=`; divergences average over them; task scores, which compare per-example labels,
+only at the last position; its nodes are embed, heads, MLPs and the output):
   logit_gap      mean |circuit outputs - model outputs|
   kl / mse       KL(model || circuit) batchmean (kl only for the "kl" metric) and MSE to the model
   divergence     the circuit's own metric (kl or mse) to the model; divergence_empty: same for the empty circuit
@@ -29,28 +30,34 @@ from ..errors import ModcircuitError
 from .circuit import CircuitBase, TransformerCircuit
 from .discover import resolve_data, top_k_mask
 from .graph import as_mlp
-from .patching import PatchContext, divergence
+from .patching import PatchContext
 
 
-def patch_context(model, circuit: CircuitBase, clean, corrupt=None, labels=None):
-    """The patching context a circuit of this kind runs in (the circuit's metric and ablation)."""
+def patch_context(model, circuit: CircuitBase, clean, corrupt=None, labels=None, positions=None):
+    """The patching context a circuit of this kind runs in (the circuit's metric and ablation; a
+    transformer's output positions: `positions`, or the ones it was discovered with)."""
     circuit.check_model(model)
     if isinstance(circuit, TransformerCircuit):
-        from .transformer_graph import TransformerPatchContext
+        from .positions import positions_from_spec
+        from .transformer_patching import TransformerPatchContext
 
+        if positions is None:
+            positions = positions_from_spec(circuit.extra.get("positions", "last"))
         return TransformerPatchContext(model, clean, corrupt, metric=circuit.metric, ablation=circuit.ablation,
-                                       split_qkv=circuit.graph.split_qkv, labels=labels)
+                                       split_qkv=circuit.graph.split_qkv, labels=labels, positions=positions)
+    if positions is not None and not (isinstance(positions, str) and positions == "last"):
+        raise ModcircuitError(f"positions {positions!r} apply to transformers; an MLP has one output per example")
     return PatchContext(as_mlp(model), clean, corrupt, metric=circuit.metric, ablation=circuit.ablation,
                         labels=labels, means=circuit.means)
 
 
 def evaluate(model, circuit: CircuitBase, task_or_data, *, curve_points: int = 12, split: str = "test",
-             examples: int | None = None, data_seed: int | None = None) -> dict:
+             examples: int | None = None, data_seed: int | None = None, positions=None) -> dict:
     circuit.check_model(model)
     if not isinstance(circuit, TransformerCircuit):
         model = as_mlp(model)
     clean, corrupt, labels, task = resolve_data(model, task_or_data, split=split, n=examples, seed=data_seed)
-    ctx = patch_context(model, circuit, clean, corrupt, labels)
+    ctx = patch_context(model, circuit, clean, corrupt, labels, positions)
     with torch.no_grad():
         out = ctx.forward([m.to(ctx.device) for m in circuit.mask])
         empty = ctx.forward(ctx.full_masks(False))
@@ -58,9 +65,13 @@ def evaluate(model, circuit: CircuitBase, task_or_data, *, curve_points: int = 1
     rep: dict = {"method": circuit.method, "threshold": circuit.threshold, "metric": circuit.metric,
                  "ablation": circuit.ablation, "examples": ctx.batch}
     rep["logit_gap"] = (out - y).abs().mean().item()
-    rep["mse"] = divergence("mse", out, y).item()
+    rep["mse"] = ctx.divergence("mse", out).item()
     if circuit.metric == "kl":
-        rep["kl"] = divergence("kl", out, y).item()
+        rep["kl"] = ctx.divergence("kl", out).item()
+    read = getattr(ctx, "positions", None)
+    if read is not None and not read.last:  # per-example labels describe the last position only
+        rep["positions"] = read.spec
+        labels = None
     d_c, d_e = ctx.metric(out).item(), ctx.metric(empty).item()
     rep["divergence"], rep["divergence_empty"] = d_c, d_e
     rep["faithfulness"] = _normalize(d_e, d_c, 0.0)

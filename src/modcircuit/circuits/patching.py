@@ -134,6 +134,10 @@ class PatchContext:
     def metric(self, out: torch.Tensor) -> torch.Tensor:
         return divergence(self.metric_name, out, self.target)
 
+    def divergence(self, metric: str, out: torch.Tensor) -> torch.Tensor:
+        """KL or MSE of outputs `out` to the model's."""
+        return divergence(metric, out, self.target)
+
     def full_masks(self, value: bool = True) -> list[torch.Tensor]:
         return [torch.full(s, value, dtype=torch.bool, device=self.device) for s in self.graph.shapes]
 

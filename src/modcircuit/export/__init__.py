@@ -1,4 +1,4 @@
-"""Exports of our models to other tools (TransformerLens)."""
-from .transformer_lens import to_transformer_lens
+"""Our models to other tools and back (TransformerLens)."""
+from .transformer_lens import from_transformer_lens, to_transformer_lens
 
-__all__ = ["to_transformer_lens"]
+__all__ = ["from_transformer_lens", "to_transformer_lens"]

@@ -1,11 +1,13 @@
 """A small pre-LayerNorm transformer whose neurons have coordinates (BIMT for transformers).
 
-Architecture (the same as TransformerLens' `HookedTransformer` with normalization "LN", learned
-positional embeddings, causal attention, so `export.to_transformer_lens` is exact):
+Architecture (the same as TransformerLens' `HookedTransformer` with normalization "LN" or none, learned
+positional embeddings, causal or bidirectional attention, so `export.to_transformer_lens` and
+`export.from_transformer_lens` are exact):
 
     resid   = embed(x) + W_pos.T[:T]                      tokens: W_E.T[x]; vectors: x @ W_E.T + b_E
     resid  += attn_l(ln1_l(resid))       for each block l  (heads H, head size dh)
-    resid  += mlp_l(ln2_l(resid))                          (d_mlp neurons, relu or gelu)
+    resid  += mlp_l(ln2_l(resid))                          (d_mlp neurons, relu, gelu or gelu_new;
+                                                            attn_only: no MLP, d_mlp 0, adds zero)
     logits  = ln_f(resid) @ W_U.T + b_U                    forward() returns the last position
 
 Weights are stored as [out, in] matrices (like nn.Linear), heads stacked head-major:
@@ -48,12 +50,16 @@ from torch import nn
 from ..errors import ModcircuitError, choice_error
 from . import geometry
 
-TRANSFORMER_ACTIVATIONS = ("relu", "gelu")
+TRANSFORMER_ACTIVATIONS = ("relu", "gelu", "gelu_new")
+ATTENTION_DIRS = ("causal", "bidirectional")
 SWAP_KINDS = ("residual", "head", "head-dim", "mlp")
 
 
-def _act(name: str, x: torch.Tensor) -> torch.Tensor:
-    return F.relu(x) if name == "relu" else F.gelu(x)
+def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    """relu, gelu (exact, erf) or gelu_new (GPT-2's tanh approximation)."""
+    if name == "relu":
+        return F.relu(x)
+    return F.gelu(x, approximate="tanh" if name == "gelu_new" else "none")
 
 
 def _line(n: int) -> torch.Tensor:
@@ -61,14 +67,16 @@ def _line(n: int) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """One pre-LN block: attention (H heads of size dh) then an MLP of d_mlp neurons."""
+    """One pre-LN block: attention (H heads of size dh, causal or bidirectional) then an MLP of d_mlp
+    neurons (d_mlp = 0: an attention-only block, whose MLP adds exactly zero)."""
 
-    def __init__(self, d_model: int, n_heads: int, d_head: int, d_mlp: int, layernorm: bool):
+    def __init__(self, d_model: int, n_heads: int, d_head: int, d_mlp: int, layernorm: bool, causal: bool = True,
+                 eps: float = 1e-5):
         super().__init__()
         hd = n_heads * d_head
-        self.n_heads, self.d_head, self.d_mlp = n_heads, d_head, d_mlp
-        self.ln1 = nn.LayerNorm(d_model, eps=1e-5) if layernorm else None
-        self.ln2 = nn.LayerNorm(d_model, eps=1e-5) if layernorm else None
+        self.n_heads, self.d_head, self.d_mlp, self.causal = n_heads, d_head, d_mlp, causal
+        self.ln1 = nn.LayerNorm(d_model, eps=eps) if layernorm else None
+        self.ln2 = nn.LayerNorm(d_model, eps=eps) if layernorm and d_mlp else None
         init = 1.0 / math.sqrt(d_model)
         self.W_Q = nn.Parameter(torch.randn(hd, d_model) * init)
         self.W_K = nn.Parameter(torch.randn(hd, d_model) * init)
@@ -80,8 +88,11 @@ class Block(nn.Module):
         self.b_O = nn.Parameter(torch.zeros(d_model))
         self.W_in = nn.Parameter(torch.randn(d_mlp, d_model) * init)
         self.b_in = nn.Parameter(torch.zeros(d_mlp))
-        self.W_out = nn.Parameter(torch.randn(d_model, d_mlp) / math.sqrt(d_mlp))
-        self.b_out = nn.Parameter(torch.zeros(d_model))
+        self.W_out = nn.Parameter(torch.randn(d_model, d_mlp) / math.sqrt(max(d_mlp, 1)))
+        if d_mlp:
+            self.b_out = nn.Parameter(torch.zeros(d_model))
+        else:  # attention-only: no MLP, its output stays exactly zero (not trained)
+            self.register_buffer("b_out", torch.zeros(d_model))
 
     def norm1(self, x):
         return self.ln1(x) if self.ln1 is not None else x
@@ -108,8 +119,8 @@ class Block(nn.Module):
         q, k, v = project(q_in, self.W_Q, self.b_Q), project(k_in, self.W_K, self.b_K), project(v_in, self.W_V, self.b_V)
         T = q.shape[1]
         scores = torch.einsum("bqhk,bshk->bhqs", q, k) / math.sqrt(dh)
-        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(causal, float("-inf"))
+        if self.causal:
+            scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
         pattern = scores.softmax(-1)
         return torch.einsum("bhqs,bshk->bqhk", pattern, v)
 
@@ -122,7 +133,7 @@ class Block(nn.Module):
         return z.reshape(*z.shape[:2], -1) @ self.W_O.T + self.b_O
 
     def mlp(self, x: torch.Tensor, act: str) -> torch.Tensor:
-        return _act(act, self.norm2(x) @ self.W_in.T + self.b_in) @ self.W_out.T + self.b_out
+        return activation(act, self.norm2(x) @ self.W_in.T + self.b_in) @ self.W_out.T + self.b_out
 
 
 class GeometricTransformer(nn.Module):
@@ -142,25 +153,35 @@ class GeometricTransformer(nn.Module):
         d_input: int | None = None,
         act: str = "relu",
         layernorm: bool = True,
+        attention_dir: str = "causal",
+        attn_only: bool = False,
+        ln_eps: float = 1e-5,
     ):
         super().__init__()
         for name, v in (("n_layers", n_layers), ("d_model", d_model), ("n_heads", n_heads), ("d_head", d_head),
-                        ("d_mlp", d_mlp), ("n_ctx", n_ctx), ("d_out", d_out)):
+                        ("d_mlp", 1 if attn_only else d_mlp), ("n_ctx", n_ctx), ("d_out", d_out)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ModcircuitError(f"{name} {v!r} must be a positive integer")
         if (d_vocab is None) == (d_input is None):
             raise ModcircuitError("give exactly one of d_vocab (token inputs) and d_input (vector inputs)")
         if act not in TRANSFORMER_ACTIVATIONS:
             raise choice_error("activation", act, TRANSFORMER_ACTIVATIONS)
+        if attention_dir not in ATTENTION_DIRS:
+            raise choice_error("attention_dir", attention_dir, ATTENTION_DIRS)
+        if not isinstance(ln_eps, (int, float)) or isinstance(ln_eps, bool) or not ln_eps > 0:
+            raise ModcircuitError(f"ln_eps {ln_eps!r} must be a positive number")
+        d_mlp = 0 if attn_only else d_mlp
         self.n_layers, self.d_model, self.n_heads, self.d_head = n_layers, d_model, n_heads, d_head
         self.d_mlp, self.n_ctx, self.d_out, self.act = d_mlp, n_ctx, d_out, act
         self.d_vocab, self.d_input, self.layernorm = d_vocab, d_input, bool(layernorm)
+        self.attention_dir, self.attn_only, self.ln_eps = attention_dir, bool(attn_only), float(ln_eps)
         n_in = d_vocab if d_vocab is not None else d_input
         self.W_E = nn.Parameter(torch.randn(d_model, n_in) * (1.0 if d_vocab is not None else 1.0 / math.sqrt(n_in)))
         self.b_E = nn.Parameter(torch.zeros(d_model)) if d_input is not None else None
         self.W_pos = nn.Parameter(torch.randn(d_model, n_ctx) * 0.1)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, d_head, d_mlp, self.layernorm) for _ in range(n_layers))
-        self.ln_f = nn.LayerNorm(d_model, eps=1e-5) if self.layernorm else None
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, d_head, d_mlp, self.layernorm, attention_dir == "causal",
+                                          self.ln_eps) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model, eps=self.ln_eps) if self.layernorm else None
         self.W_U = nn.Parameter(torch.randn(d_out, d_model) / math.sqrt(d_model))
         self.b_U = nn.Parameter(torch.zeros(d_out))
         # coordinates of every neuron layer, and the distance matrices D[out, in] of the cost
@@ -187,12 +208,13 @@ class GeometricTransformer(nn.Module):
             "kind": "transformer", "n_layers": self.n_layers, "d_model": self.d_model, "n_heads": self.n_heads,
             "d_head": self.d_head, "d_mlp": self.d_mlp, "n_ctx": self.n_ctx, "d_out": self.d_out,
             "d_vocab": self.d_vocab, "d_input": self.d_input, "act": self.act, "layernorm": self.layernorm,
+            "attention_dir": self.attention_dir, "attn_only": self.attn_only, "ln_eps": self.ln_eps,
         }
 
     @classmethod
     def from_config(cls, cfg: dict) -> "GeometricTransformer":
         keys = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_out", "d_vocab", "d_input", "act",
-                "layernorm")
+                "layernorm", "attention_dir", "attn_only", "ln_eps")
         return cls(**{k: cfg[k] for k in keys if k in cfg})
 
     def clone(self) -> "GeometricTransformer":
@@ -205,8 +227,9 @@ class GeometricTransformer(nn.Module):
             terms += [
                 (b.W_Q, b.b_Q, self.dist_head_res), (b.W_K, b.b_K, self.dist_head_res),
                 (b.W_V, b.b_V, self.dist_head_res), (b.W_O, b.b_O, self.dist_res_head),
-                (b.W_in, b.b_in, self.dist_mlp_res), (b.W_out, b.b_out, self.dist_res_mlp),
             ]
+            if not self.attn_only:
+                terms += [(b.W_in, b.b_in, self.dist_mlp_res), (b.W_out, b.b_out, self.dist_res_mlp)]
         terms.append((self.W_U, self.b_U, self.dist_out_res))
         return terms
 
@@ -359,7 +382,8 @@ class GeometricTransformer(nn.Module):
                 sites.append(("head", l, None))
             if self.d_head > 1:
                 sites += [("head-dim", l, h) for h in range(self.n_heads)]
-            sites.append(("mlp", l, None))
+            if not self.attn_only:
+                sites.append(("mlp", l, None))
         return sites
 
     @torch.no_grad()

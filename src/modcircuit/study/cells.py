@@ -144,6 +144,8 @@ def run_unit(unit: Unit) -> dict:
                 kw["top_k"] = cc.edge_count
             if cc.split_qkv:
                 kw["split_qkv"] = True
+            if cc.positions is not None:
+                kw["positions"] = cc.positions
             circuit = discover(run.model, task, method=cc.method, metric=cc.metric, ablation=cc.ablation, **kw)
             report = evaluate(run.model, circuit, task)
             if not cc.curves:

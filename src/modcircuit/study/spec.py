@@ -11,6 +11,8 @@
     ablation = "resample"        # resample | zero | mean
     metric = "default"           # the task's default metric, or a metric name discover() accepts
     split_qkv = true             # transformer tasks: q, k and v inputs as separate receivers
+    positions = "all"            # transformer tasks: output positions the metric averages over
+                                 # ("last" (default), "all" or a list of indices)
     task_fallbacks = {mnist = "digits"}   # use digits when mnist cannot be built (no IDX files)
 
     [train]                      # TrainConfig overrides for every task
@@ -101,6 +103,7 @@ class StudySpec(BaseModel):
     ablation: str = "resample"
     curves: bool = True
     split_qkv: bool = False
+    positions: str | list[int] | None = None
     device: str = "cpu"
     train: dict[str, Any] = Field(default_factory=dict)
     task_train: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -129,6 +132,15 @@ class StudySpec(BaseModel):
             if r not in REGIMES:
                 raise choice_error("regime", r, REGIMES)
         return _unique("regimes", v)
+
+    @field_validator("positions")
+    @classmethod
+    def _positions(cls, v):
+        if isinstance(v, str) and v not in ("last", "all"):
+            raise ModcircuitError(f"positions {v!r} is not allowed; give \"last\", \"all\" or a list of indices")
+        if isinstance(v, list) and not v:
+            raise ModcircuitError("positions [] chooses no position; give \"last\", \"all\" or indices")
+        return None if v == "last" else v  # the default: cells keep the keys they had before positions existed
 
     @field_validator("seeds")
     @classmethod
@@ -297,6 +309,7 @@ class CircuitCell:
     ablation: str
     curves: bool
     split_qkv: bool = False  # transformer tasks only
+    positions: str | list[int] | None = None  # transformer tasks only (None: the last position)
     key: str = ""
 
     def __post_init__(self):
@@ -304,6 +317,8 @@ class CircuitCell:
                "edge_count": self.edge_count, "metric": self.metric, "ablation": self.ablation, "curves": self.curves}
         if self.split_qkv:  # (absent otherwise, so the keys of studies without it stay as they were)
             cfg["split_qkv"] = True
+        if self.positions is not None:  # (likewise: only when set)
+            cfg["positions"] = self.positions
         self.key = self.key or config_key(cfg)
 
     def label(self) -> str:
@@ -390,6 +405,13 @@ def plan(spec: StudySpec) -> Plan:
         from ..tasks.sequence import SequenceTask
 
         split = spec.split_qkv and isinstance(task, SequenceTask)  # (MLP tasks have no q/k/v)
+        positions = spec.positions
+        if positions is not None:
+            if not isinstance(task, SequenceTask):
+                raise ModcircuitError(f"positions {positions!r} apply to transformer tasks; task {named!r} trains an MLP")
+            from ..circuits.positions import resolve_positions
+
+            resolve_positions(positions, 1, task.arch["n_ctx"])  # out-of-range indices fail here, before any work
         for regime in spec.regimes:
             for seed in spec.seeds:
                 cfg = make_config(defaults, {**overrides, "regime": regime, "seed": seed}).model_dump()
@@ -397,7 +419,8 @@ def plan(spec: StudySpec) -> Plan:
                 runs.append(rc)
                 for m in spec.methods:
                     for thr, k in spec.selection(m).pairs():
-                        circuits.append(CircuitCell(rc.key, m, thr, k, metric, spec.ablation, spec.curves, split))
+                        circuits.append(CircuitCell(rc.key, m, thr, k, metric, spec.ablation, spec.curves, split,
+                                                    positions))
                 if spec.profile.enabled:
                     p = spec.profile
                     profiles.append(ProfileCell(rc.key, p.latency_repeats, p.throughput_batch, p.throughput_repeats,

@@ -60,7 +60,7 @@ def draw_transformer(model, circuit=None, *, ax=None, title: str | None = None, 
     """Draw a GeometricTransformer (or a Run of one) at head level, optionally with a TransformerCircuit.
     split_qkv: draw q/k/v inputs separately (default: as the circuit was found, else no)."""
     from ..circuits.graph import TransformerGraph
-    from ..circuits.transformer_graph import weight_magnitudes
+    from ..circuits.methods.magnitude import weight_magnitudes
 
     model, _, title = unpack_run(model, None, title)
     if circuit is not None:

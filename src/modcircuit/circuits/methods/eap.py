@@ -30,19 +30,23 @@ def _objective(ctx, name: str):
     if name not in OBJECTIVES:
         raise choice_error("EAP objective", name, OBJECTIVES)
     y = ctx.target
+    # the mean over examples (a transformer's context with positions other than the last: over the chosen
+    # (example, position) pairs, its outputs being [..., B, n, d_out])
+    positions = getattr(ctx, "positions", None)
+    average = (lambda v: v.mean(-1)) if positions is None else positions.average
     if name == "logit-diff":
         c = y.argmax(-1)
 
         def obj(out):
-            return (out.gather(-1, c.expand(*out.shape[:-1])[..., None])[..., 0] - out.mean(-1)).mean(-1)
+            return average(out.gather(-1, c.expand(*out.shape[:-1])[..., None])[..., 0] - out.mean(-1))
         return obj
     with torch.no_grad():
         e = ctx.forward(ctx.full_masks(False))
     u = y - e
-    denom = (u ** 2).sum(-1).mean().clamp_min(torch.finfo(u.dtype).tiny)
+    denom = average((u ** 2).sum(-1)).clamp_min(torch.finfo(u.dtype).tiny)
 
     def obj(out):
-        return ((out - e) * u).sum(-1).mean(-1) / denom
+        return average(((out - e) * u).sum(-1)) / denom
     return obj
 
 

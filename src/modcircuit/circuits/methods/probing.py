@@ -8,6 +8,9 @@ and Adam minimises
 
 i.e. the same trade-off ACDC makes greedily (an edge is worth keeping when it costs more than `threshold`
 of the metric). Score = sigmoid(theta) after training; the circuit is the edges with score > 0.5.
+
+On the head-level transformer graph: minimise metric(circuit) + sparsity * mean(mask) (the threshold then
+selects the edges whose final mask value is >= threshold).
 """
 from __future__ import annotations
 
@@ -39,3 +42,21 @@ def probing(ctx, threshold: float, steps: int = 300, lr: float = 0.1, init: floa
     scores = [torch.sigmoid(t.detach()).cpu() for t in thetas]
     return MethodResult(scores=scores, mask=[s > 0.5 for s in scores], forward_passes=steps,
                         extra={"steps": steps, "lr": lr, "final_fit": history[-1]})
+
+
+@register_method("probing", kinds=("transformer",))
+def transformer_probing(ctx, threshold: float, steps: int = 200, lr: float = 0.1, sparsity: float = 1e-2) -> MethodResult:
+    """Learned sigmoid edge masks: minimise metric(circuit) + sparsity * mean(mask); score = final mask value."""
+    logits = torch.full(ctx.allowed.shape, 3.0, dtype=ctx.dtype, device=ctx.device, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=lr)
+    allowed = ctx.allowed.to(ctx.dtype)
+    for _ in range(int(steps)):
+        with torch.enable_grad():
+            M = torch.sigmoid(logits) * allowed
+            loss = ctx.metric(ctx.forward(M)) + sparsity * M.sum() / allowed.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    S = torch.sigmoid(logits.detach()).cpu().double()
+    return MethodResult(torch.where(ctx.allowed.cpu(), S, torch.full_like(S, float("nan"))), None, ctx.forward_passes,
+                        {"steps": steps, "sparsity": sparsity})

@@ -1,0 +1,569 @@
+"""The fast ACDC kernel of the head-level transformer graph (`_StageACDC`, run by methods/transformer_acdc.py).
+
+While a receiver is processed, every receiver read before it in the forward pass is still complete, so all
+its sources have their clean values and removing edge (s -> r) just subtracts (h_s - a_s) from r's input;
+candidates are evaluated from the receiver's layer onward only, per stage (the output, one layer's MLP, one
+layer's attention inputs) in batches of speculative chains that keep ACDC's sequential rule exactly. The
+result equals the per-edge reference (acdc-plain) exactly; only the amount of work differs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..nn.transformer import activation
+from .methods import MethodResult
+from .transformer_patching import TransformerPatchContext, weighted_values
+
+
+@dataclass
+class Changes:
+    """A source's live - ablated value for a batch of candidates: base [1, B, T, d] for all of them, plus delta
+    [P, B, T, d] for candidates rows [P] (a candidate may appear more than once; its deltas add up)."""
+
+    base: torch.Tensor
+    rows: torch.Tensor
+    delta: torch.Tensor
+
+
+# a speculative chain is evaluated lazily in chunks: the first covers the measured guesses ahead plus 8 more
+# (unmeasured guesses fail first), then each chunk is twice the previous one
+FIRST_CHUNK = 8
+GROWTH = 2
+
+
+class _StageACDC:
+    """Fast transformer ACDC.
+
+    A *stage* is a maximal run of the order's edges whose receivers share a rank (the output; one layer's
+    MLP; one layer's attention inputs, in any interleaving). While a stage is processed every receiver
+    read earlier in the forward pass is complete, so every source feeding the stage's receivers has its
+    clean value and a candidate circuit differs from the current one only by removed edges R [n_recv,
+    n_src]: receiver j reads U_j - sum_s R[j, s] (h_s - a_s). The receivers read later (already decided)
+    are fixed, so a candidate is evaluated from the stage on only:
+      * U_k = base_k + sum_{s upstream} M[k, s] (h_s - a_s) once per stage for every later receiver, the
+        live values of the sources written from the stage on recomputed per candidate;
+      * attention stages recompute only the q/k/v inputs a candidate changes (the other heads' current
+        projections and results are cached; candidates giving a head the same inputs share its
+        evaluation), and the last layer works at the last position only (the output reads only there;
+        keys and values still see every position);
+      * later receivers sum the values shared by all candidates once and only the per-candidate changes
+        per candidate (see Changes); receivers with the same incoming edges share one normalised input;
+      * sources whose outgoing edges are all removed are skipped (they add exactly nothing), and an edge
+        into such a dead receiver, or from a source equal to its ablated value, scores exactly 0;
+      * ACDC's sequential rule is kept exactly by speculation: a batch evaluates a chain of candidates, each
+        built on guessed outcomes (removed / kept) of the stage's earlier edges; the outcomes are checked in
+        order and at the first wrong guess the rest of the chain is discarded. A stage starts by guessing
+        "kept" for every edge; the effects measured in a chain beyond its first wrong guess become the
+        guesses of the next chain. Chains are evaluated lazily in growing chunks (state changes are applied
+        after a chain, every chunk is relative to the chain's start). Results never depend on the guesses,
+        only the amount of work does. The circuit after a chain is one of its evaluated candidates, whose
+        values become the current ones (_adopt) without recomputation.
+    """
+
+    def __init__(self, ctx: TransformerPatchContext, thr: float, max_candidates: int):
+        self.ctx, self.thr, self.cap = ctx, thr, max(1, max_candidates)
+        self.g, self.m = ctx.graph, ctx.model
+        self.first = FIRST_CHUNK
+        # the positions the last layer computes and the output reads: the last one, or all of them when the
+        # metric reads other positions (see positions.py)
+        self.lp = ctx.positions.read
+        self.M = ctx.full_mask().to(ctx.dtype)
+        self.D = ctx.D[:, 0].expand(-1, *ctx.h.shape[2:])  # [n_src, B, T, d]
+        self.a = ctx.a[:, 0]  # [n_src, B|1, T, d]
+        self.base = ctx.base[:, 0]  # [n_dest, B|1, T, d]
+        self.zero = (self.D == 0).flatten(1).all(1).tolist()  # removing an edge from s changes nothing
+        self.scores = torch.full(self.M.shape, float("nan"), dtype=torch.float64)
+        self.passes, self.candidates = 0, 0
+        self.W = []  # per layer: (W^T [H, d, dh], b [H, 1, dh]) for q, k, v, then W_O per head [H, dh, d]
+        for b in self.m.blocks:
+            H, dh = self.g.n_heads, b.d_head
+            proj = [(W.view(H, dh, -1).transpose(1, 2).contiguous(), bias.view(H, 1, dh))
+                    for W, bias in ((b.W_Q, b.b_Q), (b.W_K, b.b_K), (b.W_V, b.b_V))]
+            self.W.append(proj + [b.W_O.view(-1, H, dh).permute(1, 2, 0).contiguous()])
+        self._masks: dict = {}
+        self._live: dict = {}
+        self._logp = self._p = None
+
+    # ---- the stage's fixed quantities --------------------------------------------------------------
+    def _rank(self, k: int) -> int:
+        l = self.g.dest_layer(k)
+        return 2 * l + (1 if k == self.g.dest_out or k == self.g.dest_mlp(l) else 0)
+
+    def _setup(self, rank: int):
+        g = self.g
+        L, H, nq = g.n_layers, g.n_heads, g.nq
+        self.layer = l = rank // 2
+        self.kind = "out" if l == L else ("mlp" if rank % 2 else "attn")
+        if self.kind == "out":
+            self.recv, self.s0 = [g.dest_out], g.n_src
+        elif self.kind == "mlp":
+            self.recv, self.s0 = [g.dest_mlp(l)], g.src_mlp(l)
+        else:
+            self.recv = [g.dest_attn(l, h, c) for h in range(H) for c in range(nq)]
+            self.s0 = g.n_src_before(l)
+        self.k0 = self.recv[0]  # receivers from k0 on are the stage's and the later (fixed) ones
+        s0 = self.s0
+        self.U = self.base[self.k0:] + torch.einsum("ks,sbtd->kbtd", self.M[self.k0:, :s0], self.D[:s0])
+        self.alive = (self.M != 0).any(0).tolist()  # a source with an outgoing edge (only later ones decided)
+        self.Ds = self.D[:s0].contiguous()
+        self._lastDU = None
+        if self.kind == "attn":
+            self.dirty, self.cur = set(range(H)), None
+            self.cq, self.ck, self.cv, self.cres, self.cdl = [None] * H, [None] * H, [None] * H, [None] * H, [None] * H
+            self.alive_heads = torch.tensor([self.alive[g.src_head(l, h)] for h in range(H)], device=self.ctx.device)
+
+    def _u(self, k: int) -> torch.Tensor:
+        return self.U[k - self.k0]
+
+    def _dead(self, k: int) -> bool:
+        g = self.g
+        if self.kind == "out":
+            return False
+        if self.kind == "mlp":
+            return not self.alive[g.src_mlp(self.layer)]
+        h, c = divmod(k - self.k0, g.nq)
+        if g.nq == 3 and c < 2 and self.D.shape[2] == 1:  # one position: the pattern is 1 whatever q and k are
+            return True
+        return not self.alive[g.src_head(self.layer, h)]
+
+    def _remove(self, k: int, s: int, recompute: bool = True):
+        """Remove edge s -> k; recompute=False: the caller sets the heads' current values itself (_adopt)."""
+        self.M[k, s] = 0.0
+        j = k - self.k0
+        self.U[j] = self.U[j] - self.D[s]
+        self._lastDU = None
+        if self.kind == "attn" and recompute:
+            self.dirty.add(j // self.g.nq)
+
+    def _mlp(self, b, x: torch.Tensor) -> torch.Tensor:
+        """b.mlp(x) with the biases added in the matrix products."""
+        h = F.linear(b.norm2(x), b.W_in, b.b_in)
+        return F.linear(activation(self.m.act, h), b.W_out, b.b_out)
+
+    def _metric_out(self, x: torch.Tensor) -> torch.Tensor:
+        """The metric [K] of the output read from residual x [K, B, T', d] at the positions read (the last
+        only: KL from the model's log-probabilities computed once)."""
+        m = self.m
+        if m.ln_f is not None:
+            x = m.ln_f(x)
+        out = self.ctx.positions.select(F.linear(x, m.W_U, m.b_U))
+        if self.ctx.metric_name != "kl" or not self.ctx.positions.last:
+            return self.ctx.metric(out)
+        if self._logp is None:
+            self._logp = F.log_softmax(self.ctx.target, -1)
+            self._p = self._logp.exp()
+        return (self._p * (self._logp - F.log_softmax(out, -1))).sum(-1).mean(-1)
+
+    # ---- pieces of the forward pass (receiver-major layout: [n_receivers or heads, K, B, T, d]) -------
+    def _norm1(self, l: int, x: torch.Tensor) -> torch.Tensor:
+        return self.m.blocks[l].norm1(x)
+
+    def _project(self, l: int, c: int, heads, xn: torch.Tensor) -> torch.Tensor:
+        """xn [P, ..., d] (normalised inputs, one head each) -> [P, ..., dh] with heads' weights (c: q, k, v)."""
+        Wt, bias = self.W[l][c]
+        if isinstance(heads, torch.Tensor) or len(heads) != self.g.n_heads:
+            Wt, bias = Wt[heads], bias[heads]
+        P = xn.shape[0]
+        return torch.baddbmm(bias, xn.reshape(P, -1, xn.shape[-1]), Wt).view(*xn.shape[:-1], -1)
+
+    def _attend(self, l: int, heads, q, k, v) -> torch.Tensor:
+        """Results [P, ..., Tq, d] of heads (one per leading index) from q [P, ..., Tq, dh], k, v [P, ..., T, dh]."""
+        Tq, T = q.shape[-2], k.shape[-2]
+        s = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1]))
+        if Tq > 1 and self.m.blocks[l].causal:
+            s = s.masked_fill(self._causal(Tq, T), float("-inf"))
+        z = weighted_values(s.softmax(-1), v)
+        Wo = self.W[l][3]
+        if isinstance(heads, torch.Tensor) or len(heads) != self.g.n_heads:
+            Wo = Wo[heads]
+        P = z.shape[0]
+        return torch.bmm(z.reshape(P, -1, z.shape[-1]), Wo).view(*z.shape[:-1], -1)
+
+    def _causal(self, Tq: int, T: int) -> torch.Tensor:
+        key = (Tq, T)
+        if key not in self._masks:
+            self._masks[key] = torch.ones(Tq, T, dtype=torch.bool, device=self.ctx.device).triu(T - Tq + 1)
+        return self._masks[key]
+
+    def _gather(self, dests: list[int], dl: dict, K: int, pos: slice) -> torch.Tensor:
+        """Inputs [n, K, B, T', d] of later receivers: U_k + sum over live sources M[k, s] (live_s - a_s).
+
+        dl maps a source to live - ablated: one value for every candidate ([1, B, T, d]), one per candidate
+        ([K, B, T, d]) or a Changes (one value plus per-candidate changes of a few candidates). The shared
+        values are summed once, only the per-candidate parts are summed per candidate."""
+        idx = [k - self.k0 for k in dests]
+        n = len(idx)
+        u = (self.U[idx] if n > 1 else self.U[idx[0]][None])[:, :, pos]  # [n, B, T', d]
+        Mw = self.M[dests]
+        shared, dense, changes = [], [], []
+        for s, v in dl.items():
+            if isinstance(v, Changes):
+                shared.append((s, v.base))
+                changes.append((s, v))
+            elif v.shape[0] == 1:
+                shared.append((s, v))
+            else:
+                dense.append((s, v))
+        if shared:
+            srcs = [s for s, _ in shared]
+            live = torch.stack([v[0, :, pos] for _, v in shared]).view(len(srcs), -1)
+            u = torch.addmm(u.reshape(n, -1), Mw[:, srcs], live).view_as(u)
+        if not dense:
+            x = u[:, None].expand(-1, K, -1, -1, -1).contiguous()
+        elif len(dense) == 1:
+            s, v = dense[0]
+            x = torch.addcmul(u[:, None], Mw[:, s].view(n, 1, 1, 1, 1), v[None, :, :, pos])
+        else:
+            srcs = [s for s, _ in dense]
+            key = (tuple(srcs), pos.start, K)
+            live = self._live.get(key)
+            if live is None:  # the per-candidate sources stacked once per layer and position range
+                live = torch.stack([dl[s][:, :, pos] for s in srcs]).view(len(srcs), -1)
+                self._live = {key: live}
+            x = torch.mm(Mw[:, srcs], live).view(n, K, *u.shape[1:]).add_(u[:, None])
+        for s, v in changes:
+            w = Mw[:, s]
+            if bool((w != 0).any()):
+                x.index_add_(1, v.rows, w.view(n, 1, 1, 1, 1) * v.delta[None, :, :, pos])
+        return x
+
+    def _layer(self, j: int, dl: dict, K: int):
+        """Recompute layer j (after the stage's) for K candidates: dl maps source -> live - ablated [K|1, B, T', d]."""
+        g, b = self.g, self.m.blocks[j]
+        pos = self.lp if j == g.n_layers - 1 else slice(None)
+        heads = [h for h in range(g.n_heads) if self.alive[g.src_head(j, h)]]
+        if heads:
+            res = self._attend(j, heads, *self._attn_qkv(j, heads, dl, K, pos))  # [Hc, K, B, Tq, d]
+            for i, h in enumerate(heads):
+                s = g.src_head(j, h)
+                dl[s] = res[i] - self.a[s][:, pos]
+        s = g.src_mlp(j)
+        if self.alive[s]:
+            x = self._gather([g.dest_mlp(j)], dl, K, pos)[0]
+            dl[s] = self._mlp(b, x) - self.a[s][:, pos]
+
+    def _attn_qkv(self, j: int, heads: list[int], dl: dict, K: int, pos: slice):
+        """q, k, v projections [len(heads), K, B, T', dh] of layer j's heads (queries at positions pos).
+        Receivers with the same incoming edges read the same input (every receiver of a layer has the same
+        ablated base), so each distinct input is gathered, normalised and projected (one matrix product for
+        every head and q/k/v reading it) once: once most edges are kept, one or two distinct inputs serve all
+        of a layer's receivers."""
+        g, b, nq = self.g, self.m.blocks[j], self.g.nq
+        dests = [g.dest_attn(j, h, c) for h in heads for c in range(nq)]
+        which, reps, full = [], [], []  # per receiver its distinct input; per distinct input a receiver, all T?
+        seen: dict = {}
+        for i, row in enumerate(self.M[dests].tolist()):
+            u = seen.setdefault(tuple(row), len(reps))
+            if u == len(reps):
+                reps.append(dests[i])
+                full.append(False)
+            which.append(u)
+            full[u] = full[u] or i % nq != 0 or nq == 1  # keys and values read every position
+        if len(reps) == len(dests):  # all distinct: per component, the queries at pos only
+            if nq == 3:
+                xq, xk, xv = (b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], dl, K, p))
+                              for c, p in ((0, pos), (1, slice(None)), (2, slice(None))))
+            else:
+                xk = xv = b.norm1(self._gather(dests, dl, K, slice(None)))
+                xq = xk[:, :, :, pos]
+            return self._project(j, 0, heads, xq), self._project(j, 1, heads, xk), self._project(j, 2, heads, xv)
+        Wqkv = (b.W_Q, b.W_K, b.W_V)
+        bqkv = (b.b_Q, b.b_K, b.b_V)
+        dh = b.d_head
+        out: list = [[None] * len(heads) for _ in range(3)]
+        for need_all, p in ((True, slice(None)), (False, pos)):
+            us = [u for u in range(len(reps)) if full[u] == need_all]
+            if not us:
+                continue
+            xn = b.norm1(self._gather([reps[u] for u in us], dl, K, p))  # [n_u, K, B, T', d]
+            for i, u in enumerate(us):
+                # every (head, q/k/v) reading input u: c in 0..2 (without split_qkv one receiver feeds all three)
+                readers = [(hi, c) for hi in range(len(heads)) for c in range(3) if which[hi * nq + c % nq] == u]
+                rows = [slice(heads[hi] * dh, (heads[hi] + 1) * dh) for hi, _ in readers]
+                W = torch.cat([Wqkv[c][r] for (_, c), r in zip(readers, rows)])
+                bias = torch.cat([bqkv[c][r] for (_, c), r in zip(readers, rows)])
+                y = F.linear(xn[i], W, bias)  # [K, B, T', n_readers * dh]
+                for r, (hi, c) in enumerate(readers):
+                    part = y[..., r * dh:(r + 1) * dh]
+                    out[c][hi] = part[:, :, pos] if c == 0 and need_all else part
+        return tuple(torch.stack(parts) for parts in out)
+
+    def _tail(self, j: int, dl: dict, K: int) -> torch.Tensor:
+        """From layer j on (the sources before it in dl) to the metric [K]."""
+        g = self.g
+        for jj in range(j, g.n_layers):
+            self._layer(jj, dl, K)
+        x = self._gather([g.dest_out], dl, K, self.lp)[0]
+        return self._metric_out(x)
+
+    # ---- candidate evaluation ----------------------------------------------------------------------
+    def _refresh(self):
+        """Current projections and results of the stage layer's heads whose inputs changed; in the last layer
+        also the current inputs of the MLP and the output and the MLP's current value."""
+        g, l = self.g, self.layer
+        b = self.m.blocks[l]
+        nq, H = g.nq, g.n_heads
+        last = l == g.n_layers - 1
+        pos = self.lp if last else slice(None)
+        hs = sorted(self.dirty)
+        if hs:  # every changed head at once
+            x = self.U[[g.dest_attn(l, h, c) - self.k0 for h in hs for c in range(nq)]]
+            x = b.norm1(x).view(len(hs), nq, 1, *x.shape[1:])  # [nd, nq, 1, B, T, d]
+            xq, xk, xv = (x[:, 0, :, :, pos], x[:, 1], x[:, 2]) if nq == 3 else (x[:, 0, :, :, pos], x[:, 0], x[:, 0])
+            q, k, v = self._project(l, 0, hs, xq), self._project(l, 1, hs, xk), self._project(l, 2, hs, xv)
+            res = self._attend(l, hs, q, k, v)
+            for i, h in enumerate(hs):
+                self.cq[h], self.ck[h], self.cv[h] = q[i, 0], k[i, 0], v[i, 0]
+                self.cres[h] = res[i, 0]
+                self.cdl[h] = self.cres[h][None] - self.a[g.src_head(l, h)][:, pos]
+        self.dirty.clear()
+        self._live = {}
+        self.cur = [torch.stack(t) for t in (self.cq, self.ck, self.cv, self.cres)]
+        if last:  # x_mlp, mlp - a and x_out of the current circuit at the last position
+            dl = {g.src_head(l, h): self.cdl[h] for h in range(H) if self.alive[g.src_head(l, h)]}
+            s = g.src_mlp(l)
+            self.cx_mlp = self._gather([g.dest_mlp(l)], dl, 1, pos)[0] if self.alive[s] else None
+            if self.alive[s]:
+                dl[s] = self._mlp(b, self.cx_mlp) - self.a[s][:, pos]
+                self.cdl_mlp = dl[s]
+            self.cx_out = self._gather([g.dest_out], dl, 1, pos)[0]
+            srcs = torch.tensor([g.src_head(l, h) for h in range(H)], device=self.ctx.device)
+            self.w_mlp = self.M[g.dest_mlp(l), srcs]  # [H]: weights of the heads' edges into the MLP and output
+            self.w_out = self.M[g.dest_out, srcs]
+            self.w_out_mlp = float(self.M[g.dest_out, s])
+            self._live = {}
+        if not hasattr(self, "_Wall") or self._Wall[0] != l:
+            Wt = torch.stack([self.W[l][c][0] for c in range(3)], 1).view(H * 3, *self.W[l][0][0].shape[1:])
+            bias = torch.stack([self.W[l][c][1] for c in range(3)], 1).view(H * 3, 1, -1)
+            self._Wall = (l, Wt, bias)
+
+    def _attn_eval(self, R: torch.Tensor, K: int) -> torch.Tensor:
+        g, l = self.g, self.layer
+        b = self.m.blocks[l]
+        H, nq = g.n_heads, g.nq
+        last = l == g.n_layers - 1
+        pos = self.lp if last else slice(None)
+        if self.dirty or self.cur is None:
+            self._refresh()
+        changed = R.ne(0).any(-1)  # [K, H * nq]
+        pairs = changed.view(K, H, nq).any(-1) & self.alive_heads  # [K, H]: candidate changes head
+        ip, hp = torch.nonzero(pairs, as_tuple=True)
+        P = len(ip)
+        inv = None
+        if P:
+            # candidates that give a head the same inputs (a chain's candidates share most removals) share
+            # its evaluation: the distinct (head, removals into it) pairs are evaluated once
+            Rh = R.view(K, H, nq, -1)[ip, hp]  # [P, nq, s0]
+            uk, inv = torch.unique(torch.cat([hp[:, None].to(R.dtype), Rh.flatten(1)], 1), dim=0,
+                                   return_inverse=True)
+            if len(uk) < P:
+                hp, Rh = uk[:, 0].long(), uk[:, 1:].view(len(uk), nq, -1)
+            else:
+                inv = None
+            qkv = [t[hp] for t in self.cur[:3]]  # [Q, B, T', dh]: the current projections, changed below
+            # every (distinct pair, q/k/v input) that changes, all at once
+            pe, ce = torch.nonzero(Rh.ne(0).any(-1), as_tuple=True)
+            je = hp[pe] * nq + ce
+            Rj = Rh[pe, ce]  # [n, s0]
+            _, Wt, bias = self._Wall
+            if nq == 3:  # per component; the queries only at the positions read (the last one in the last layer)
+                for c in range(3):
+                    sel = torch.nonzero(ce == c).flatten()
+                    if len(sel) == 0:
+                        continue
+                    Dc, Uc = (self.Ds, self.U) if c or not last else self._last_DU()
+                    n, shp = len(sel), Dc.shape[1:]
+                    x = torch.addmm(Uc[je[sel]].view(n, -1), Rj[sel], Dc.view(Dc.shape[0], -1), alpha=-1.0)
+                    xn = b.norm1(x.view(n, -1, shp[-1]))  # [n, B*T', d]
+                    dst = pe[sel]
+                    w = hp[dst] * 3 + c
+                    qkv[c][dst] = torch.baddbmm(bias[w], xn, Wt[w]).view(n, *shp[:-1], -1)
+            else:
+                Ds = self.Ds
+                x = torch.mm(Rj, Ds.reshape(Ds.shape[0], -1)).view(len(pe), *Ds.shape[1:]).neg_().add_(self.U[je])
+                xn = b.norm1(x).view(len(pe), -1, x.shape[-1])  # [n, B*T, d]
+                T = x.shape[2]
+                for c in range(3):
+                    w, xs, dst = hp * 3 + c, xn, pe
+                    y = torch.baddbmm(bias[w], xs, Wt[w]).view(len(dst), x.shape[1], T, -1)
+                    qkv[c][dst] = y[:, :, pos] if c == 0 else y
+            dres = self._attend(l, hp, *(t[:, None] for t in qkv))[:, 0] - self.cur[3][hp]  # [Q, B, Tq, d]
+            # what _adopt needs to make a candidate current: per pair its head and distinct pair
+            self.chunk = (ip, hp, qkv, dres, torch.arange(P) if inv is None else inv)
+            if inv is not None:
+                hp, dres = hp[inv], dres[inv]
+        if last:
+            return self._last_tail(K, ip, hp, dres if P else None)
+        dl: dict = {}
+        for h in range(H):
+            s = g.src_head(l, h)
+            if not self.alive[s]:
+                continue
+            dl[s] = self.cdl[h]
+            if P:
+                sel = torch.nonzero(hp == h).flatten()
+                if len(sel):
+                    dl[s] = Changes(self.cdl[h], ip[sel], dres[sel])
+        s = g.src_mlp(l)
+        if self.alive[s]:
+            x = self._gather([g.dest_mlp(l)], dl, K, pos)[0]
+            dl[s] = self._mlp(b, x) - self.a[s][:, pos]
+        return self._tail(l + 1, dl, K)
+
+    def _last_DU(self):
+        """Ds and U at the last position (contiguous), cached until U changes."""
+        if self._lastDU is None:
+            self._lastDU = (self.Ds[:, :, self.lp].contiguous(), self.U[:, :, self.lp].contiguous())
+        return self._lastDU
+
+    def _last_tail(self, K: int, ip, hp, dres) -> torch.Tensor:
+        """Last layer: the candidates' MLP and output inputs are the current ones plus the changed heads'
+        result changes along their edges (at the last position)."""
+        g, l = self.g, self.layer
+        x_out = self.cx_out.expand(K, -1, -1, -1)
+        x_mlp = dm = None
+        if dres is not None:
+            x_out = x_out.index_add(0, ip, dres * self.w_out[hp][:, None, None, None])
+            if self.cx_mlp is not None:
+                x_mlp = self.cx_mlp.expand(K, -1, -1, -1).index_add(0, ip, dres * self.w_mlp[hp][:, None, None, None])
+                s = g.src_mlp(l)
+                dm = self._mlp(self.m.blocks[l], x_mlp) - self.a[s][:, self.lp] - self.cdl_mlp
+                x_out = x_out + self.w_out_mlp * dm
+        self.chunk_tail = (x_out, x_mlp, dm)
+        return self._metric_out(x_out)
+
+    def _adopt(self, chunk, tail, i: int):
+        """Make candidate i of an evaluated chunk the current circuit: its changed heads' projections and
+        results (and, in the last layer, its MLP and output inputs) become the current ones, so nothing is
+        recomputed (the removals themselves go through _remove(recompute=False))."""
+        if chunk is None:
+            return
+        ip, hp, qkv, dres, inv = chunk
+        g, l = self.g, self.layer
+        pos = self.lp if l == g.n_layers - 1 else slice(None)
+        for p in inv[ip == i].tolist():
+            h = int(hp[p])
+            for c in range(3):
+                self.cur[c][h] = qkv[c][p]
+            self.cur[3][h] += dres[p]
+            self.cres[h] = self.cur[3][h]
+            self.cdl[h] = self.cres[h][None] - self.a[g.src_head(l, h)][:, pos]
+        if tail is not None:
+            x_out, x_mlp, dm = tail
+            self.cx_out = x_out[i:i + 1]
+            if x_mlp is not None:
+                self.cx_mlp = x_mlp[i:i + 1]
+                self.cdl_mlp = self.cdl_mlp + dm[i:i + 1]
+
+    def _removed(self, R: torch.Tensor, j: int, rows, pos: slice) -> torch.Tensor:
+        """Inputs [n, B, T', d] of stage receiver j for candidates `rows`: U_j - sum_s R[row, j, s] (h_s - a_s)."""
+        Rj = R[:, j] if rows is None else R[rows, j]
+        Ds = self.Ds[:, :, pos]
+        return torch.mm(Rj, Ds.reshape(Ds.shape[0], -1)).view(Rj.shape[0], *Ds.shape[1:]).neg_().add_(
+            self._u(self.recv[j])[:, pos])
+
+    def evaluate(self, R: torch.Tensor) -> torch.Tensor:
+        """Metrics [K] of the candidates current - R (R [K, n_recv, s0], 1 = removed)."""
+        g, l = self.g, self.layer
+        K = R.shape[0]
+        self.passes += 1
+        self.candidates += K
+        self._live = {}
+        self.chunk = self.chunk_tail = None
+        if self.kind == "out":
+            x = self._removed(R, 0, None, self.lp)
+            return self._metric_out(x)
+        pos = self.lp if l == g.n_layers - 1 else slice(None)
+        b = self.m.blocks[l]
+        dl: dict = {}
+        if self.kind == "mlp":
+            s = g.src_mlp(l)
+            dl[s] = self._mlp(b, self._removed(R, 0, None, pos)) - self.a[s][:, pos]
+            return self._tail(l + 1, dl, K)
+        return self._attn_eval(R, K)
+
+    # ---- the sequential rule -----------------------------------------------------------------------
+    def run(self, order: list[tuple[int, int]]) -> MethodResult:
+        stages: list[list[tuple[int, int]]] = []
+        for k, s in order:
+            if stages and self._rank(stages[-1][-1][0]) == self._rank(k):
+                stages[-1].append((k, s))
+            else:
+                stages.append([(k, s)])
+        with torch.no_grad():
+            self.m_cur = None
+            for edges in stages:
+                self._setup(self._rank(edges[0][0]))
+                if self.m_cur is None:  # the full circuit's metric
+                    self.m_cur = self.evaluate(torch.zeros(1, len(self.recv), self.s0, dtype=self.ctx.dtype,
+                                                           device=self.ctx.device)).item()
+                self._stage(edges)
+        ctx = self.ctx
+        return MethodResult(self.scores, self.M.bool().cpu() & ctx.allowed.cpu(), self.passes,
+                            {"final_metric": self.m_cur, "candidates": self.candidates})
+
+    def _stage(self, edges):
+        thr = self.thr
+        pend = []
+        for k, s in edges:
+            if self.zero[s] or self._dead(k):  # removing it changes nothing: score exactly 0
+                self.scores[k, s] = 0.0
+                if 0.0 < thr:
+                    self._remove(k, s)
+            else:
+                pend.append((k, s))
+        n = len(pend)
+        if n == 0:
+            return
+        E = torch.zeros(n, len(self.recv), self.s0, dtype=self.ctx.dtype, device=self.ctx.device)
+        for i, (k, s) in enumerate(pend):
+            E[i, k - self.k0, s] = 1.0
+        pred = [False] * n  # guessed outcomes (True: removed); first "kept", then each edge's measured effect
+        measured = [False] * n  # whether pred is a measurement (those guesses are rarely wrong)
+        pos = 0
+        while pos < n:
+            # a chain from the current state: candidate i removes edge i and every earlier edge of the chain
+            # guessed removed
+            e = E[pos:]
+            guess = pred[pos:]
+            gd = e * torch.tensor(guess, dtype=e.dtype, device=e.device)[:, None, None]
+            R = torch.cumsum(gd, 0) - gd + e
+            # the first chunk covers the measured guesses ahead plus FIRST_CHUNK unmeasured ones
+            ahead = next((i for i in range(pos, n) if not measured[i]), n) - pos
+            m_chain, used, accepted, i0, size = self.m_cur, None, [], 0, min(ahead + self.first, self.cap)
+            chunks, last = [], -1  # per evaluated chunk: (first index, its stored values); the last accepted index
+            while i0 < n - pos and used is None:
+                mets = self.evaluate(R[i0:i0 + size]).tolist()
+                chunks.append((i0, self.chunk, self.chunk_tail))
+                for i, mk in enumerate(mets, i0):
+                    if used is None:
+                        k, s = pend[pos + i]
+                        sc = mk - self.m_cur
+                        self.scores[k, s] = sc
+                        removed = sc < thr
+                        if removed:  # the state changes after the pass: the chain is relative to its start
+                            self.m_cur = mk
+                            accepted.append((k, s))
+                            last = i
+                        if removed != guess[i]:
+                            used = i + 1
+                    else:  # beyond the first wrong guess: the effect measured in the chain is the next guess
+                        pred[pos + i] = mk - m_chain < thr
+                        measured[pos + i] = True
+                    if guess[i]:
+                        m_chain = mk
+                i0 += len(mets)
+                size = min(GROWTH * size, self.cap)
+            # the new circuit is the chain's candidate `last`: every earlier guess in the chain was right, so
+            # it removes exactly the accepted edges (see _adopt)
+            adopt = self.kind == "attn" and not self.dirty and last >= 0
+            for k, s in accepted:
+                self._remove(k, s, recompute=not adopt)
+            if adopt:
+                c0, chunk, tail = max((c for c in chunks if c[0] <= last), key=lambda c: c[0])
+                self._adopt(chunk, tail, last - c0)
+            pos += n - pos if used is None else used
