@@ -7,6 +7,7 @@ import time
 import torch
 
 from ..errors import ModcircuitError
+from ..nn.fingerprint import model_fingerprint
 from ..tasks.base import Task
 from .circuit import Circuit
 from .graph import Graph, as_mlp
@@ -101,7 +102,7 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     extra["examples"] = ctx.batch
     extra["dtype"] = str(dtype).replace("torch.", "")
     return Circuit(scores, mask, method, threshold, metric, ablation, seconds, int(res.forward_passes), extra,
-                   widths=list(model.widths), node_names=graph.node_names, means=ctx.means)
+                   model_fingerprint(model), widths=list(model.widths), node_names=graph.node_names, means=ctx.means)
 
 
 def top_k_mask(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:

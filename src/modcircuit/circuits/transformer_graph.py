@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModcircuitError, choice_error
+from ..nn.fingerprint import model_fingerprint
 from ..nn.transformer import GeometricTransformer
 from .methods.eap import _objective  # the same objectives as the MLP's EAP (needs ctx.full_masks)
 from .circuit import TransformerCircuit
@@ -1255,7 +1256,7 @@ def discover_transformer(model, data, corrupt=None, *, method: str = "acdc", thr
     if task is not None:
         extra["task"] = task.name
     return TransformerCircuit([scores], [mask], method, float(threshold), metric, ablation, seconds,
-                              int(res.forward_passes), extra, graph=ctx.graph)
+                              int(res.forward_passes), extra, model_fingerprint(model), graph=ctx.graph)
 
 
 @torch.no_grad()
