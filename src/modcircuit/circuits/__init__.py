@@ -1,4 +1,5 @@
 """Circuits: the graph of an MLP, patching, discovery methods, metrics, circuit files."""
+from ..nn.fingerprint import model_fingerprint
 from .circuit import Circuit, load_circuit
 from .discover import discover
 from .graph import Graph
@@ -7,4 +8,5 @@ from .metrics import evaluate, faithfulness_curve, roc
 from .patching import METRICS, PatchContext
 
 __all__ = ["Circuit", "load_circuit", "discover", "evaluate", "Graph", "MethodResult", "register_method",
-           "method_names", "describe_methods", "faithfulness_curve", "roc", "METRICS", "PatchContext"]
+           "method_names", "describe_methods", "faithfulness_curve", "roc", "METRICS", "PatchContext",
+           "model_fingerprint"]

@@ -1,10 +1,11 @@
 """`modcircuit discover` and `modcircuit evaluate` (registered by modcircuit/cli.py).
 
     modcircuit discover RUN --method acdc --threshold 0.01 [--data inputs.npz] --out circuit.json [--json]
-    modcircuit evaluate RUN circuit.json [--data inputs.npz] [--json]
+    modcircuit evaluate RUN circuit.json [--data inputs.npz] [--json] [--allow-other-model]
 
 The npz holds `clean` and `corrupt` arrays of the same shape and optional `labels`; without --data the
 run's task supplies resample pairs from its test split. Bad input raises ModcircuitError (one line, exit 2).
+A circuit file found on another model than RUN is refused unless --allow-other-model (deliberate transfer).
 """
 from __future__ import annotations
 
@@ -160,12 +161,16 @@ def evaluate_cmd(
                                             help="transformers: output positions (default: the circuit's): "
                                                  "last | all | comma-separated indices"),
     json_output: bool = typer.Option(False, "--json", help="machine-readable output (every metric)"),
+    allow_other_model: bool = typer.Option(False, "--allow-other-model",
+                                           help="score a circuit found on another model with the same widths "
+                                                "(deliberate transfer); refused by default"),
 ):
     """Score a circuit: faithfulness, task accuracy, sparsity, cost, ground truth where known."""
     positions = parse_positions(positions) if positions is not None else None
     model, task = _load_run(run, task_options)
-    circuit = load_circuit(circuit_file, model)
-    report = evaluate(model, circuit, _data(task, data), positions=positions)
+    circuit = load_circuit(circuit_file, model, allow_other_model)
+    report = evaluate(model, circuit, _data(task, data), positions=positions,
+                      allow_other_model=allow_other_model)
     if json_output:
         typer.echo(json.dumps(report, allow_nan=False, default=str))
         return

@@ -15,8 +15,8 @@ from ..nn import geometry
 from ..nn.mlp import MLP
 
 
-def compact(model: MLP, circuit) -> MLP:
-    circuit.check_model(model)
+def compact(model: MLP, circuit, allow_other_model: bool = False) -> MLP:
+    circuit.check_model(model, allow_other_model)
     if circuit.ablation not in ("zero", "mean"):
         raise ModcircuitError(
             f"compact() needs ablation 'zero' or 'mean' (removed edges must carry a constant); this circuit uses {circuit.ablation!r}")

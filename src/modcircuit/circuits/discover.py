@@ -7,6 +7,7 @@ import time
 import torch
 
 from ..errors import ModcircuitError
+from ..nn.fingerprint import model_fingerprint
 from ..tasks.base import Task
 from .circuit import Circuit
 from .kinds import graph_kind
@@ -102,7 +103,8 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     extra["examples"] = ctx.batch
     extra["dtype"] = str(dtype).replace("torch.", "")
     common = dict(method=method, threshold=threshold, metric=metric, ablation=ablation, seconds=seconds,
-                  forward_passes=int(res.forward_passes), extra=extra)
+                  forward_passes=int(res.forward_passes), extra=extra,
+                  model_fingerprint=model_fingerprint(model))
     return kind.circuit(ctx, graph, scores, mask, common)
 
 

@@ -36,7 +36,7 @@ from .patching import PatchContext
 def patch_context(model, circuit: CircuitBase, clean, corrupt=None, labels=None, positions=None):
     """The patching context a circuit of this kind runs in (the circuit's metric and ablation; a
     transformer's output positions: `positions`, or the ones it was discovered with)."""
-    circuit.check_model(model)
+    circuit.check_shape(model)
     if isinstance(circuit, TransformerCircuit):
         from .positions import positions_from_spec
         from .transformer_patching import TransformerPatchContext
@@ -52,8 +52,11 @@ def patch_context(model, circuit: CircuitBase, clean, corrupt=None, labels=None,
 
 
 def evaluate(model, circuit: CircuitBase, task_or_data, *, curve_points: int = 12, split: str = "test",
-             examples: int | None = None, data_seed: int | None = None, positions=None) -> dict:
-    circuit.check_model(model)
+             examples: int | None = None, data_seed: int | None = None, positions=None,
+             allow_other_model: bool = False) -> dict:
+    """Score `circuit` on `model`. A circuit found on another model (other fingerprint, same graph) is refused
+    unless allow_other_model=True, for a deliberate transfer."""
+    circuit.check_model(model, allow_other_model)
     if not isinstance(circuit, TransformerCircuit):
         model = as_mlp(model)
     clean, corrupt, labels, task = resolve_data(model, task_or_data, split=split, n=examples, seed=data_seed)

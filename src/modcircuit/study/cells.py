@@ -106,13 +106,13 @@ def circuit_row(unit: Unit, cc: CircuitCell, report: dict) -> dict:
     return row
 
 
-def compact_for_profile(circuit, model):
+def compact_for_profile(circuit, model, allow_other_model: bool = False):
     """The compacted circuit's dense model. Compaction needs constant ablation (zero/mean); for a
     resample-ablation circuit the structure (which neurons and weights survive) is what sets the cost,
     so it is compacted with zero constants."""
     if circuit.ablation not in ("zero", "mean") or (circuit.ablation == "mean" and circuit.means is None):
         circuit = dataclasses.replace(circuit, ablation="zero")
-    return circuit.compact(model)
+    return circuit.compact(model, allow_other_model)
 
 
 def run_unit(unit: Unit) -> dict:

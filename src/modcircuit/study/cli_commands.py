@@ -128,6 +128,9 @@ def profile_cmd(
                                                                              "retraining")] = 1000,
     latency_repeats: Annotated[int, typer.Option("--latency-repeats")] = 300,
     throughput_batch: Annotated[int, typer.Option("--throughput-batch")] = 4096,
+    allow_other_model: Annotated[bool, typer.Option("--allow-other-model",
+                                                    help="compact a --circuit found on another model with the same "
+                                                         "widths (deliberate transfer); refused by default")] = False,
 ):
     """Compute profile of a trained model: training time and memory, inference latency/throughput, sizes."""
     from ..profile import profile_run
@@ -146,7 +149,7 @@ def profile_cmd(
     if circuit is not None:
         from ..circuits.circuit import Circuit
 
-        circ = Circuit.load(circuit, loaded.model)
+        circ = Circuit.load(circuit, loaded.model, allow_other_model)
     elif method is not None:
         from .cells import circuit_api
 
@@ -157,7 +160,7 @@ def profile_cmd(
 
         class _Structural:  # profile_run calls .compact(model)
             def compact(self, model, _c=circ):
-                return compact_for_profile(_c, model)
+                return compact_for_profile(_c, model, allow_other_model)
 
         circ = _Structural()
     prof = profile_run(loaded, circuit=circ, train_repeats=train_repeats, train_steps=train_steps,

@@ -3,6 +3,8 @@
     modcircuit draw runs/moons-bimt-0 -o moons.png
     modcircuit draw runs/moons-bimt-0 --circuit circuit.json -o c.svg
     modcircuit draw runs/mnist-bimt-0 --html -o net.html
+
+A circuit found on another model than the checkpoint's is refused unless --allow-other-model.
 """
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ import typer
 from ..errors import ModcircuitError
 
 
-def load_circuit_file(path: Path, model):
+def load_circuit_file(path: Path, model, allow_other_model: bool = False):
     try:
         from ..circuits import load_circuit
     except ImportError as e:
         raise ModcircuitError(f"--circuit {str(path)!r} needs modcircuit.circuits, which failed to import: {e}")
-    return load_circuit(path, model)
+    return load_circuit(path, model, allow_other_model)
 
 
 def draw_cmd(
@@ -39,6 +41,9 @@ def draw_cmd(
                                                                           "instead of the weight's sign")] = False,
     title: Annotated[Optional[str], typer.Option("--title", help="figure title (default: task, regime, seed)")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
+    allow_other_model: Annotated[bool, typer.Option("--allow-other-model",
+                                                    help="overlay a circuit found on another model with the same "
+                                                         "widths (deliberate transfer); refused by default")] = False,
 ):
     """Draw a trained network (BIMT style), optionally with a discovered circuit highlighted."""
     from ..train import load
@@ -49,7 +54,7 @@ def draw_cmd(
     fmt = output_format(out, interactive=html)  # bad extension: fail before any work
     check_threshold(threshold, relative=not absolute)
     loaded = load(run)
-    circ = load_circuit_file(circuit, loaded.model) if circuit is not None else None
+    circ = load_circuit_file(circuit, loaded.model, allow_other_model) if circuit is not None else None
     from .transformer import is_transformer
 
     if is_transformer(loaded.model):
@@ -58,7 +63,8 @@ def draw_cmd(
                                   "write .png, .svg or .pdf")
         from .network import draw
 
-        written = save_figure(draw(loaded, circ, color_by_score=color_by_score, title=title), out)
+        written = save_figure(draw(loaded, circ, color_by_score=color_by_score, title=title,
+                                   allow_other_model=allow_other_model), out)
         result = {"out": str(written), "format": fmt, "interactive": False, "graph": "transformer",
                   "circuit_edges": circ.n_kept if circ is not None else None}
         extra = f", circuit {circ.n_kept} of {circ.n_edges} edges" if circ is not None else ""
@@ -67,12 +73,13 @@ def draw_cmd(
     if interactive_view:
         from .interactive import interactive
 
-        fig = interactive(loaded, circ, threshold=threshold, relative=not absolute, title=title)
+        fig = interactive(loaded, circ, threshold=threshold, relative=not absolute, title=title,
+                          allow_other_model=allow_other_model)
     else:
         from .network import draw
 
         fig = draw(loaded, circ, threshold=threshold, relative=not absolute, color_by_score=color_by_score,
-                   title=title)
+                   title=title, allow_other_model=allow_other_model)
     written = save_figure(fig, out)
     scene = build_scene(loaded.model, circ, threshold=threshold, relative=not absolute, task=None)
     result = {"out": str(written), "format": fmt, "interactive": interactive_view,

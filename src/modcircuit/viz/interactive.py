@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .network import FADED, NEGATIVE, NEURON, POSITIVE
-from .scene import Scene, build_scene, unpack_run
+from .scene import Scene, build_scene, check_circuit_model, unpack_run
 
 N_BUCKETS = 5
 MAX_EDGES = 30000  # beyond this the weakest non-circuit edges are left out (and the title says so)
@@ -136,9 +136,12 @@ def interactive(
     title: str | None = None,
     max_linewidth: float = 4.0,
     max_edges: int = MAX_EDGES,
+    allow_other_model: bool = False,
 ) -> go.Figure:
-    """A plotly Figure of the network (or Run): hover an edge's midpoint for its weight and score."""
+    """A plotly Figure of the network (or Run): hover an edge's midpoint for its weight and score.
+    A modcircuit circuit found on another model is refused unless allow_other_model=True."""
     model, task, title = unpack_run(model, task, title)
+    check_circuit_model(model, circuit, allow_other_model)
     scene = build_scene(model, circuit, threshold=threshold, relative=relative, task=task)
     dropped = _limit(scene, max_edges)
     traces: list[go.Scatter] = []

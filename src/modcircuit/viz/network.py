@@ -21,7 +21,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .scene import DEPTH, LAYER_GAP, SHEAR, Scene, build_scene, unpack_run
+from .scene import DEPTH, LAYER_GAP, SHEAR, Scene, build_scene, check_circuit_model, unpack_run
 
 POSITIVE = "#1f5fbf"
 NEGATIVE = "#d62728"
@@ -56,6 +56,7 @@ def draw(
     labels: bool = True,
     legend: bool = True,
     figsize: tuple[float, float] | None = None,
+    allow_other_model: bool = False,
 ) -> Figure:
     """Draw `model` (an MLP or a Run; a GeometricTransformer is drawn at head level, see
     viz/transformer.py) and return the matplotlib Figure.
@@ -63,13 +64,16 @@ def draw(
     threshold: lines with |w| <= threshold x (the layer's largest |w|) are not drawn (with
     relative=False, |w| <= threshold). circuit: anything with `.mask` (and `.scores`), one array
     per Linear shaped like its weight. task: gives input/output names (a Run brings its own).
+    A modcircuit circuit found on another model is refused unless allow_other_model=True.
     """
     from .transformer import check_transformer_circuit, draw_transformer, is_transformer
 
     if is_transformer(model):  # head-level drawing (viz/transformer.py); weight thresholds do not apply
         check_transformer_circuit(circuit)
-        return draw_transformer(model, circuit, ax=ax, title=title, color_by_score=color_by_score, figsize=figsize)
+        return draw_transformer(model, circuit, ax=ax, title=title, color_by_score=color_by_score, figsize=figsize,
+                                allow_other_model=allow_other_model)
     model, task, title = unpack_run(model, task, title)
+    check_circuit_model(model, circuit, allow_other_model)
     scene = build_scene(model, circuit, threshold=threshold, relative=relative, task=task)
     own_figure = ax is None
     if own_figure:

@@ -177,6 +177,13 @@ def build_scene(model, circuit=None, *, threshold: float = 0.05, relative: bool 
     )
 
 
+def check_circuit_model(model, circuit, allow_other_model: bool = False) -> None:
+    """A modcircuit circuit must have been found on this model (its fingerprint), unless allow_other_model;
+    anything else with a `.mask` is only checked for shapes (in build_scene)."""
+    if circuit is not None and hasattr(circuit, "check_model"):
+        circuit.check_model(model, allow_other_model)
+
+
 def unpack_run(obj, task=None, title=None):
     """(model, task, title) from a model or a Run (which knows its task, regime and seed)."""
     if hasattr(obj, "model") and callable(getattr(obj, "task", None)):

@@ -56,15 +56,16 @@ def _curve(a: np.ndarray, b: np.ndarray, bend: float, n: int = 24) -> np.ndarray
 
 def draw_transformer(model, circuit=None, *, ax=None, title: str | None = None, color_by_score: bool = False,
                      split_qkv: bool | None = None, max_linewidth: float = 3.0,
-                     figsize: tuple[float, float] | None = None) -> Figure:
+                     figsize: tuple[float, float] | None = None, allow_other_model: bool = False) -> Figure:
     """Draw a GeometricTransformer (or a Run of one) at head level, optionally with a TransformerCircuit.
-    split_qkv: draw q/k/v inputs separately (default: as the circuit was found, else no)."""
+    split_qkv: draw q/k/v inputs separately (default: as the circuit was found, else no). A circuit found
+    on another model is refused unless allow_other_model=True."""
     from ..circuits.graph import TransformerGraph
     from ..circuits.methods.magnitude import weight_magnitudes
 
     model, _, title = unpack_run(model, None, title)
     if circuit is not None:
-        circuit.check_model(model)
+        circuit.check_model(model, allow_other_model)
         graph = circuit.graph
     else:
         graph = TransformerGraph.of(model, bool(split_qkv))
