@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_text
+from ..outputs import prepare_output
 from ..errors import ModcircuitError
 from .graph import Graph, TransformerGraph, as_mlp
 
@@ -76,7 +77,10 @@ class CircuitBase:
     def to_dict(self) -> dict:
         raise NotImplementedError
 
-    def save(self, path) -> Path:
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        """Write the circuit JSON; an existing file is replaced only with overwrite=True and only if it is
+        a circuit file (see modcircuit.outputs)."""
+        path = prepare_output(path, "circuit", overwrite=overwrite)
         return write_text(path, json.dumps(self.to_dict(), allow_nan=False))
 
     @staticmethod

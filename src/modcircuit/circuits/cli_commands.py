@@ -87,8 +87,12 @@ def discover_cmd(
                                   help="float64 (default) | float32 (faster; what auto-circuit uses)"),
     split_qkv: bool = typer.Option(False, "--split-qkv", help="transformers: q, k and v inputs as separate receivers"),
     json_output: bool = typer.Option(False, "--json", help="machine-readable output"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output, only one modcircuit wrote"),
 ):
     """Discover the circuit of a trained model and write it as JSON."""
+    from ..outputs import check_output
+
+    check_output(out, "circuit", overwrite=overwrite)  # before any work
     dtype = check_dtype(precision, "precision")  # before any work
     model, task = _load_run(run)
     from ..nn.transformer import GeometricTransformer
@@ -112,7 +116,7 @@ def discover_cmd(
             job = bar.add_task(f"{method}", total=None)
             circuit = discover(model, source, progress=lambda done, total: bar.update(job, completed=done, total=total),
                                **kwargs)
-    circuit.save(out)
+    circuit.save(out, overwrite=overwrite)
     summary = {"out": str(out), "method": circuit.method, "threshold": circuit.threshold, "metric": circuit.metric,
                "ablation": circuit.ablation, "n_edges": circuit.n_edges, "n_kept": circuit.n_kept,
                "seconds": circuit.seconds, "forward_passes": circuit.forward_passes}
