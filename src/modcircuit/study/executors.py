@@ -1,7 +1,8 @@
 """Executors run units of work and hand back results in completion order; only the caller writes the store.
 
 - local, workers=1: one after another in this process.
-- local, workers>1: a process pool (spawned processes, one torch thread each).
+- local, workers>1: a process pool (spawned processes, one torch thread each) whose workers end when
+  this process dies, even by SIGKILL (modcircuit.lifeline); the pool's resource tracker then ends too.
 - ray: each unit is a Ray task (num_cpus=1) on a local cluster started here, or on an existing
   cluster (`address`, e.g. "auto" or "ray://head:10001"; modcircuit must be installed on its nodes).
 """
@@ -35,22 +36,32 @@ class LocalExecutor:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
+        from ..lifeline import Reaper
+
         ctx = mp.get_context("spawn")
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(units)), mp_context=ctx,
-                                   initializer=_worker_init)
+                                   initializer=_worker_init, initargs=(os.getpid(),))
+        reaper, finished = Reaper(), False
         try:
             futures = {pool.submit(fn, u): u for u in units}
+            for pid in list(getattr(pool, "_processes", None) or {}):  # spawned by submit(); keyed by PID
+                reaper.watch(pid)
             for fut in as_completed(futures):
                 u = futures[fut]
                 try:
                     yield u, fut.result(), None
                 except ModcircuitError as e:
                     yield u, None, str(e)
+            finished = True
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+            reaper.release() if finished else reaper.abandon()  # stopped early: end the workers too
 
 
-def _worker_init():
+def _worker_init(parent_pid: int):
+    from ..lifeline import die_with_parent
+
+    die_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(1)
