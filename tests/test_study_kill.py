@@ -133,3 +133,23 @@ def test_a_killed_parent_takes_its_child_along(mechanism):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_tree_reaper_kills_processes_started_after_it_and_spares_older_ones():
+    body = (f"old = subprocess.Popen({SLEEPER!r}); reaper = lifeline.Reaper(tree=True, ignore=[old.pid]); "
+            f"child = subprocess.Popen({SLEEPER!r}); print(old.pid, flush=True); time.sleep(1.0)")
+    proc = subprocess.Popen([sys.executable, "-c", LOAD + body + "\nprint(child.pid, flush=True)\ntime.sleep(600)\n"],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    old = psutil.Process(int(proc.stdout.readline()))
+    child = psutil.Process(int(proc.stdout.readline()))
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert _gone_within(child), "a process started after the tree reaper outlived the parent by 10 s"
+        assert _alive([old]), "the reaper killed a process it was told to ignore"
+    finally:
+        for p in _alive([old, child]):
+            p.kill()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -8,7 +8,8 @@ Two mechanisms, because a child cannot protect itself before its own code runs:
   PR_SET_PDEATHSIG fires when the parent THREAD that started the child ends; the study starts its
   workers from the thread that runs the study, which outlives them.
 - `Reaper`: a tiny watcher process (this file run as a script: no torch, starts in milliseconds) that
-  the parent tells the PIDs of its workers over a pipe. When the pipe closes without "done" (the parent
+  the parent tells the PIDs of its workers over a pipe (or asks to watch every new process below it:
+  a local Ray cluster's, whose agents outlive a killed driver). When the pipe closes without "done" (the parent
   died, or gave up on its workers), it SIGKILLs them. This covers a worker still importing (a spawned
   worker imports the parent's main module before its initializer runs: seconds, a minute on a loaded
   machine). Each PID is killed only if its start time is still the one registered, so a recycled PID is
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -72,12 +74,39 @@ def _start_time(pid: int) -> str:
         return "-"
 
 
-class Reaper:
-    """SIGKILLs the watched processes when this process dies (or `abandon()`s them); `release()` when done."""
+def descendants(root: int) -> list[int]:
+    """PIDs of every process below `root` (Linux /proc; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            found.append(pid)
+            todo.append(pid)
+    return found
 
-    def __init__(self):
+
+class Reaper:
+    """SIGKILLs the watched processes when this process dies (or `abandon()`s them); `release()` when done.
+
+    tree=True: also watch every process that appears below this one from now on (the reaper itself scans
+    /proc every SCAN_EVERY_S, so a process started just before the parent died is still caught), except
+    the `ignore`d ones (those that were there before)."""
+
+    def __init__(self, *, tree: bool = False, ignore=()):
         self.proc = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__)], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+        for pid in ignore:
+            self._send(f"ignore {pid}")
+        if tree:
+            self._send("tree")
 
     def _send(self, line: str) -> None:
         try:
@@ -87,7 +116,7 @@ class Reaper:
             pass
 
     def watch(self, pid: int) -> None:
-        self._send(f"{pid} {_start_time(pid)}")
+        self._send(f"watch {pid} {_start_time(pid)}")
 
     def _close(self) -> None:
         try:
@@ -109,15 +138,36 @@ class Reaper:
         self._close()
 
 
+SCAN_EVERY_S = 0.25
+
+
 def _reap() -> None:
+    """The reaper process: read commands until "done" (exit) or end of input (kill what is watched)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the terminal: stay to clean up
-    watched = []
-    for line in sys.stdin:
-        if line.strip() == "done":
-            return
-        pid, start = line.split()
-        watched.append((int(pid), start))
-    for pid, start in watched:
+    parent = os.getppid()
+    watched: dict[int, str] = {}  # pid -> start time
+    ignore, tree, pending = {os.getpid()}, False, b""
+    while True:
+        if tree:
+            for pid in descendants(parent):
+                if pid not in ignore and pid not in watched:
+                    watched[pid] = _start_time(pid)
+        if not select.select([0], [], [], SCAN_EVERY_S if tree else None)[0]:
+            continue
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break  # the parent died, or gave up on its children
+        *lines, pending = (pending + chunk).split(b"\n")
+        for words in (line.decode().split() for line in lines):
+            if words == ["done"]:
+                return
+            if words == ["tree"]:
+                tree = True
+            elif words[:1] == ["ignore"]:
+                ignore.add(int(words[1]))
+            elif words[:1] == ["watch"]:
+                watched[int(words[1])] = words[2]
+    for pid, start in watched.items():
         if _start_time(pid) == start:
             try:
                 os.kill(pid, signal.SIGKILL)

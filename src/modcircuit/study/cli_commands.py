@@ -100,7 +100,8 @@ def report_cmd(
     title: Annotated[Optional[str], typer.Option("--title")] = None,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="tables and claims only")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="print the claims as JSON")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output, only one modcircuit wrote")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output, only one "
+                                                                "modcircuit wrote")] = False,
 ):
     """Write the study report (HTML + Markdown): comparison tables, curves, drawings, tested claims."""
     from ..report import build_report

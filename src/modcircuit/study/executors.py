@@ -3,8 +3,9 @@
 - local, workers=1: one after another in this process.
 - local, workers>1: a process pool (spawned processes, one torch thread each) whose workers end when
   this process dies, even by SIGKILL (modcircuit.lifeline); the pool's resource tracker then ends too.
-- ray: each unit is a Ray task (num_cpus=1) on a local cluster started here, or on an existing
-  cluster (`address`, e.g. "auto" or "ray://head:10001"; modcircuit must be installed on its nodes).
+- ray: each unit is a Ray task (num_cpus=1) on a local cluster started here (its processes, too, end
+  with a killed study), or on an existing cluster (`address`, e.g. "auto" or "ray://head:10001";
+  modcircuit must be installed on its nodes).
 """
 from __future__ import annotations
 
@@ -98,8 +99,14 @@ class RayExecutor:
         return ray, started
 
     def run(self, fn: Callable, units: list) -> Iterator[Outcome]:
+        from ..lifeline import Reaper, descendants
+
+        before = descendants(os.getpid())
         ray, started = self._init()
         remote = ray.remote(num_cpus=1, max_retries=1)(_ray_call)
+        # Ray ends its head and workers with a killed driver, but not its agents: every process of a
+        # local cluster started here is watched by a reaper (modcircuit.lifeline)
+        reaper, finished = (Reaper(tree=True, ignore=before) if started else None), False
         try:
             pending = {remote.remote(fn, u): u for u in units}
             while pending:
@@ -112,9 +119,12 @@ class RayExecutor:
                         yield u, None, f"ray task failed: {str(e).splitlines()[0]}"
                         continue
                     yield (u, payload, None) if status == "ok" else (u, None, payload)
+            finished = True
         finally:
             if started:
                 ray.shutdown()
+            if reaper is not None:
+                reaper.release() if finished else reaper.abandon()
 
 
 def _ray_call(fn, unit):

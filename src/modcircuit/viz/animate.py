@@ -113,7 +113,8 @@ class Recorder:
     def _write_mp4(self, path: Path, fps: float) -> Path:
         w, h = self.frames[0].size
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(prefix=partial_prefix(path), suffix=".mp4", dir=path.parent, delete=False) as f:
+        with tempfile.NamedTemporaryFile(prefix=partial_prefix(path), suffix=".mp4", dir=path.parent,
+                                         delete=False) as f:
             tmp = Path(f.name)
         cmd = ["ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
                "-r", str(fps), "-i", "-", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-pix_fmt", "yuv420p",

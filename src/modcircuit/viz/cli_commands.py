@@ -39,7 +39,8 @@ def draw_cmd(
                                                                           "instead of the weight's sign")] = False,
     title: Annotated[Optional[str], typer.Option("--title", help="figure title (default: task, regime, seed)")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output, only one modcircuit wrote")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output, only one "
+                                                                "modcircuit wrote")] = False,
 ):
     """Draw a trained network (BIMT style), optionally with a discovered circuit highlighted."""
     from ..train import load

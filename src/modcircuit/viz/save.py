@@ -49,7 +49,8 @@ def render(fig, fmt: str, dpi: int = 150) -> bytes:
         svg = buf.getvalue()
         svg = svg[svg.index("<svg"):]  # drop the XML prolog and doctype: inline SVG in HTML
         title = fig.axes[0].get_title() if fig.axes else ""
-        return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{_GENERATOR}<title>{title or 'modcircuit'}</title>"
+        return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{_GENERATOR}"
+                f"<title>{title or 'modcircuit'}</title>"
                 f"</head><body>\n{svg}\n</body></html>\n").encode()
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight", metadata=_METADATA[fmt])
