@@ -34,7 +34,13 @@ def _alive(procs):
     return out
 
 
-def _workers(parent):
+def _is_worker(cmdline: str, executor: str) -> bool:
+    if executor == "local":  # spawned pool workers, not the resource tracker
+        return "multiprocessing" in cmdline and "resource_tracker" not in cmdline
+    return cmdline.startswith("ray::") and "Agent" not in cmdline  # Ray task workers
+
+
+def _workers(parent, executor="local"):
     try:
         kids = parent.children(recursive=True)
     except psutil.NoSuchProcess:
@@ -42,33 +48,37 @@ def _workers(parent):
     workers = []
     for k in kids:
         try:
-            if "multiprocessing" in " ".join(k.cmdline()) and "resource_tracker" not in " ".join(k.cmdline()):
+            if _is_worker(" ".join(k.cmdline()), executor):
                 workers.append(k)
         except psutil.NoSuchProcess:
             pass
     return kids, workers
 
 
-@pytest.mark.slow  # ~15-40 s: the CLI and two spawned workers import torch before the kill
-def test_sigkill_of_a_study_ends_every_worker(tmp_path):
+# slow: local ~15-40 s (the CLI and two spawned workers import torch before the kill); ray ~1-2 min
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_sigkill_of_a_study_ends_every_worker(tmp_path, executor):
+    if executor == "ray":
+        pytest.importorskip("ray")
     spec = tmp_path / "kill.toml"
     spec.write_text(SPEC.format(results=tmp_path / "r.duckdb"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.Popen([sys.executable, "-m", "modcircuit.cli", "study", "run", str(spec), "--workers", "2",
-                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            start_new_session=True)
+                             "--executor", executor, "--no-progress"], stdout=subprocess.DEVNULL,
+                            stderr=(tmp_path / "stderr").open("w"), env=env, start_new_session=True)
     parent = psutil.Process(proc.pid)
     kids = []
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
-            kids, workers = _workers(parent)
+            kids, workers = _workers(parent, executor)
             # both workers up and past their start-up (importing torch), i.e. training
             if len(workers) >= 2 and all(w.cpu_times().user > 1.5 for w in workers):
                 break
             time.sleep(0.5)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        kids, workers = _workers(parent)
+        assert proc.poll() is None, (tmp_path / "stderr").read_text()[-2000:]
+        kids, workers = _workers(parent, executor)
         assert len(workers) >= 2, [k.cmdline() for k in kids]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

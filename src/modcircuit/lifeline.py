@@ -103,6 +103,7 @@ class Reaper:
     def __init__(self, *, tree: bool = False, ignore=()):
         self.proc = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__)], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+        self.seen = {self.proc.pid, *ignore}
         for pid in ignore:
             self._send(f"ignore {pid}")
         if tree:
@@ -116,7 +117,14 @@ class Reaper:
             pass
 
     def watch(self, pid: int) -> None:
+        self.seen.add(pid)
         self._send(f"watch {pid} {_start_time(pid)}")
+
+    def watch_new_descendants(self) -> None:
+        """Watch the processes below this one that appeared since (the parent's side of tree=True)."""
+        for pid in descendants(os.getpid()):
+            if pid not in self.seen:
+                self.watch(pid)
 
     def _close(self) -> None:
         try:

@@ -110,7 +110,9 @@ class RayExecutor:
         try:
             pending = {remote.remote(fn, u): u for u in units}
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
+                if reaper is not None:  # the reaper scans too; this covers a reaper still starting up
+                    reaper.watch_new_descendants()
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
                 for ref in done:
                     u = pending.pop(ref)
                     try:
