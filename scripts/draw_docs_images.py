@@ -46,12 +46,12 @@ def main() -> None:
             if args.redraw:
                 run = runs[regime] = mc.load(run_dir)
                 circuit = None
-                if discover is not None and (run_dir / "acdc.json").exists():
+                if discover is not None and (run_dir.with_name(run_dir.name + "-acdc.json")).exists():
                     from modcircuit.circuits import Circuit
 
-                    circuit = Circuit.load(run_dir / "acdc.json", run.model)
-                save_figure(draw(run, circuit), args.out / f"{name}-{regime}.png", dpi=110)
-                save_figure(draw(run), args.out / f"{name}-{regime}-weights.png", dpi=110)
+                    circuit = Circuit.load(run_dir.with_name(run_dir.name + "-acdc.json"), run.model)
+                save_figure(draw(run, circuit), args.out / f"{name}-{regime}.png", dpi=110, overwrite=True)
+                save_figure(draw(run), args.out / f"{name}-{regime}-weights.png", dpi=110, overwrite=True)
                 continue
             t0 = time.perf_counter()
             rec = None
@@ -59,26 +59,26 @@ def main() -> None:
                 rec = Recorder(mc.get_task(name), every=s["steps"] // 20, title=f"{name} \u00b7 {regime}")
             run = mc.train(name, regime=regime, seed=0, steps=s["steps"], callback=rec,
                            callback_every=rec.every if rec else None)
-            run.save(run_dir)
+            run.save(run_dir, overwrite=True)
             train_s = time.perf_counter() - t0
             if rec is not None:
-                rec.save(args.out / f"{name}-{regime}-training.gif")
+                rec.save(args.out / f"{name}-{regime}-training.gif", overwrite=True)
             runs[regime] = run
             circuit, acdc_s = None, None
             if discover is not None:
                 t0 = time.perf_counter()
                 circuit = discover(run.model, run.task(), method="acdc", threshold=s["tau"], n=args.examples, seed=0)
                 acdc_s = time.perf_counter() - t0
-                circuit.save(run_dir / "acdc.json")
-            save_figure(draw(run, circuit), args.out / f"{name}-{regime}.png", dpi=110)
-            save_figure(draw(run), args.out / f"{name}-{regime}-weights.png", dpi=110)
+                circuit.save(run_dir.with_name(run_dir.name + "-acdc.json"), overwrite=True)
+            save_figure(draw(run, circuit), args.out / f"{name}-{regime}.png", dpi=110, overwrite=True)
+            save_figure(draw(run), args.out / f"{name}-{regime}-weights.png", dpi=110, overwrite=True)
             row = {"task": name, "regime": regime, "train_s": round(train_s, 1),
                    **{k: round(v, 5) for k, v in run.metrics.items()}}
             if circuit is not None:
                 row.update(acdc_tau=s["tau"], acdc_kept=circuit.n_kept, edges=circuit.n_edges,
                            acdc_s=round(acdc_s, 2))
             print(json.dumps(row), flush=True)
-        save_figure(training_curves(runs, title=name), args.out / f"{name}-training.png", dpi=110)
+        save_figure(training_curves(runs, title=name), args.out / f"{name}-training.png", dpi=110, overwrite=True)
 
 
 if __name__ == "__main__":

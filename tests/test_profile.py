@@ -61,7 +61,7 @@ def test_fresh_process_training_is_that_job_alone(tmp_path):
 
 def _profile(tmp_path, *args):
     run = mc.train("two-moons", regime="bimt", seed=0, steps=200)
-    run.save(tmp_path / "run")
+    run.save(tmp_path / "run", overwrite=True)  # called more than once per test
     app = typer.Typer()
     app.command("profile")(profile_cmd)
     app.command("other")(lambda: None)

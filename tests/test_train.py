@@ -124,6 +124,9 @@ class TestBrokenCheckpoints:
 
     def test_save_is_atomic_over_an_existing_run(self, run_dir):
         run = mc.train("two-moons", "bimt", seed=1, steps=2)
-        run.save(run_dir)
+        with pytest.raises(ModcircuitError, match="already exists; pass --overwrite"):
+            run.save(run_dir)
+        assert mc.load(run_dir).regime == "vanilla"
+        run.save(run_dir, overwrite=True)
         assert mc.load(run_dir).regime == "bimt"
         assert sorted(p.name for p in run_dir.parent.iterdir()) == ["run"]

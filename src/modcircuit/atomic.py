@@ -1,6 +1,7 @@
 """Atomic writes: a file or folder appears whole or not at all, so a killed process never leaves a
-half-written checkpoint, circuit, figure or report behind. Partial names are `.<name>.tmp-*` (and
-`.<name>.old-*` while a folder is replaced), so a resumed study can sweep up after a killed writer."""
+half-written checkpoint, circuit, figure or report behind. Partial names are `.<name>.tmp-<pid>-*` (and
+`.<name>.old-<pid>-*` while a folder is replaced): the writer's PID lets the next writer of the same
+target remove a killed writer's leftovers without touching a live one's (outputs.sweep_partials)."""
 from __future__ import annotations
 
 import os
@@ -23,10 +24,15 @@ def publish(tmp: str | Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def partial_prefix(path, what: str = "tmp") -> str:
+    """The name prefix of a temporary (`what`="tmp") or set-aside ("old") sibling of `path`."""
+    return f".{Path(path).name}.{what}-{os.getpid()}-"
+
+
 def write_bytes(path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=partial_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -47,7 +53,7 @@ def staging_dir(final) -> Path:
     """An empty temporary sibling of `final` to build a folder in; `replace_dir` moves it into place."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=partial_prefix(final), dir=final.parent))
     ordinary_permissions(tmp)
     return tmp
 
@@ -56,7 +62,7 @@ def replace_dir(tmp: Path, final) -> None:
     """Rename the finished folder `tmp` to `final`, replacing an old one (never a mix of old and new)."""
     final = Path(final)
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        old = Path(tempfile.mkdtemp(prefix=partial_prefix(final, "old"), dir=final.parent))
         os.replace(final, old / "x")
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)

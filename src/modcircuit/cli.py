@@ -185,8 +185,12 @@ def train_cmd(
     frames: int = typer.Option(40, "--frames", help="animation frames"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     json_output: bool = typer.Option(False, "--json", help="print the final metrics as JSON"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output, only one modcircuit wrote"),
 ):
     """Train one model and write its checkpoint folder."""
+    from .outputs import check_output
+
+    check_output(out, "checkpoint", overwrite=overwrite)  # before any work
     import torch
 
     from .tasks import get_task, parse_task_options
@@ -207,11 +211,11 @@ def train_cmd(
     if animate is not None:
         from .viz.animate import Recorder
 
-        recorder = Recorder.for_path(animate, t)
+        recorder = Recorder.for_path(animate, t, overwrite=overwrite)
         n_steps = overrides.get("steps") or t.defaults.get("steps", 2000)
         overrides["callback"], overrides["callback_every"] = recorder, max(1, n_steps // max(1, frames - 1))
     run = train(t, regime=regime, seed=seed, progress=progress and not json_output, **overrides)
-    run.save(out)
+    run.save(out, overwrite=overwrite)
     if recorder is not None:
         recorder.save(animate)
     if json_output:

@@ -19,6 +19,7 @@ from typing import ClassVar
 import torch
 
 from ..atomic import write_text
+from ..outputs import prepare_output
 from ..errors import ModcircuitError
 from ..nn.fingerprint import model_fingerprint
 from ..schema import validate
@@ -101,7 +102,10 @@ class CircuitBase:
     def to_dict(self) -> dict:
         raise NotImplementedError
 
-    def save(self, path) -> Path:
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        """Write the circuit JSON; an existing file is replaced only with overwrite=True and only if it is
+        a circuit file (see modcircuit.outputs)."""
+        path = prepare_output(path, "circuit", overwrite=overwrite)
         return write_text(path, json.dumps(self.to_dict(), allow_nan=False))
 
     @staticmethod

@@ -112,8 +112,12 @@ def discover_cmd(
                                             help="transformers: output positions the metric averages over: "
                                                  "last (default) | all | comma-separated indices (0,3,-1)"),
     json_output: bool = typer.Option(False, "--json", help="machine-readable output"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output, only one modcircuit wrote"),
 ):
     """Discover the circuit of a trained model and write it as JSON."""
+    from ..outputs import check_output
+
+    check_output(out, "circuit", overwrite=overwrite)  # before any work
     dtype = check_dtype(precision, "precision")  # before any work
     positions = parse_positions(positions) if positions is not None else None
     model, task = _load_run(run, task_options)
@@ -140,7 +144,7 @@ def discover_cmd(
             job = bar.add_task(f"{method}", total=None)
             circuit = discover(model, source, progress=lambda done, total: bar.update(job, completed=done, total=total),
                                **kwargs)
-    circuit.save(out)
+    circuit.save(out, overwrite=overwrite)
     summary = {"out": str(out), "method": circuit.method, "threshold": circuit.threshold, "metric": circuit.metric,
                "ablation": circuit.ablation, "n_edges": circuit.n_edges, "n_kept": circuit.n_kept,
                "seconds": circuit.seconds, "forward_passes": circuit.forward_passes}

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import ModcircuitError
+from ..lifeline import child_env
 
 
 # ---- small helpers ---------------------------------------------------------------------------
@@ -128,7 +129,7 @@ def train_fresh(task: str, regime: str, seed: int, overrides: dict, task_options
                "task_options": task_options or {}, "out_dir": str(out_dir) if out_dir else None}
         jpath, rpath = Path(td) / "job.json", Path(td) / "result.json"
         jpath.write_text(json.dumps(job))
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env = child_env(dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))
         proc = subprocess.run([sys.executable, "-m", "modcircuit.profile.child", str(jpath), str(rpath)],
                               capture_output=True, text=True, env=env, timeout=timeout)
         if proc.returncode != 0 or not rpath.is_file():

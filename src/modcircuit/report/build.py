@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import replace_dir, staging_dir
+from ..outputs import check_output, prepare_output, write_report_marker
 from ..errors import ModcircuitError
 from .stats import compare, holm, mean_ci
 
@@ -249,8 +250,12 @@ class Report:
     tables: dict  # task -> (header, rows) of the main comparison table
 
 
-def build_report(results, out, *, title: str | None = None, figures: bool = True) -> Report:
+def build_report(results, out, *, title: str | None = None, figures: bool = True, overwrite: bool = False) -> Report:
+    """Write the report folder `out`; an existing one is replaced only with overwrite=True and only if it
+    is a report modcircuit wrote, with no file added since (see modcircuit.outputs)."""
     import pandas as pd
+
+    final = check_output(out, "report", overwrite=overwrite)  # before reading the results
 
     frames = load_frames(results)
     runs, circuits, profiles = frames["runs"], frames["circuits"], frames["profiles"]
@@ -263,7 +268,7 @@ def build_report(results, out, *, title: str | None = None, figures: bool = True
         circuits = circuits.copy()
         circuits["selection"] = [_selection(r) for r in circuits.to_dict("records")]
 
-    final = Path(out)
+    prepare_output(final, "report", overwrite=overwrite)
     tmp = staging_dir(final)
     try:
         (tmp / "figures").mkdir()
@@ -287,6 +292,7 @@ def build_report(results, out, *, title: str | None = None, figures: bool = True
         (tmp / "report.md").write_text(doc.markdown())
         (tmp / "index.html").write_text(doc.html(title, tmp))
         (tmp / "claims.json").write_text(json.dumps(claim_rows, indent=1, default=str))
+        write_report_marker(tmp)
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -65,9 +65,15 @@ def study_run_cmd(
                                                                     "when the study finishes")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="print a JSON summary at the end")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --report folder, only "
+                                                                "one modcircuit wrote")] = False,
 ):
     """Run a study: every task x regime x seed x method cell not yet in the results store."""
+    from ..outputs import check_output
     from .runner import run_study
+
+    if report is not None:
+        check_output(report, "report", overwrite=overwrite)  # before any training
 
     res = run_study(spec, executor=executor, workers=workers, address=address, dry_run=dry_run,
                     progress=not no_progress, results=results, echo=typer.echo)
@@ -75,7 +81,7 @@ def study_run_cmd(
     if report is not None and not dry_run:
         from ..report import build_report
 
-        rep = build_report(res.results, report)
+        rep = build_report(res.results, report, overwrite=overwrite)
         print_report_tables(rep)
         typer.echo(f"report: {rep.html} and {rep.markdown}")
     if json_output:
@@ -94,11 +100,13 @@ def report_cmd(
     title: Annotated[Optional[str], typer.Option("--title")] = None,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="tables and claims only")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="print the claims as JSON")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output, only one "
+                                                                "modcircuit wrote")] = False,
 ):
     """Write the study report (HTML + Markdown): comparison tables, curves, drawings, tested claims."""
     from ..report import build_report
 
-    rep = build_report(results, out, title=title, figures=not no_figures)
+    rep = build_report(results, out, title=title, figures=not no_figures, overwrite=overwrite)
     if json_output:
         typer.echo(json.dumps({"html": str(rep.html), "markdown": str(rep.markdown),
                                "figures": [str(p) for p in rep.figures], "claims": rep.claims},

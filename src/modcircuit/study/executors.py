@@ -1,9 +1,11 @@
 """Executors run units of work and hand back results in completion order; only the caller writes the store.
 
 - local, workers=1: one after another in this process.
-- local, workers>1: a process pool (spawned processes, one torch thread each).
-- ray: each unit is a Ray task (num_cpus=1) on a local cluster started here, or on an existing
-  cluster (`address`, e.g. "auto" or "ray://head:10001"; modcircuit must be installed on its nodes).
+- local, workers>1: a process pool (spawned processes, one torch thread each) whose workers end when
+  this process dies, even by SIGKILL (modcircuit.lifeline); the pool's resource tracker then ends too.
+- ray: each unit is a Ray task (num_cpus=1) on a local cluster started here (its processes, too, end
+  with a killed study), or on an existing cluster (`address`, e.g. "auto" or "ray://head:10001";
+  modcircuit must be installed on its nodes).
 """
 from __future__ import annotations
 
@@ -35,22 +37,32 @@ class LocalExecutor:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
+        from ..lifeline import Reaper
+
         ctx = mp.get_context("spawn")
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(units)), mp_context=ctx,
-                                   initializer=_worker_init)
+                                   initializer=_worker_init, initargs=(os.getpid(),))
+        reaper, finished = Reaper(), False
         try:
             futures = {pool.submit(fn, u): u for u in units}
+            for pid in list(getattr(pool, "_processes", None) or {}):  # spawned by submit(); keyed by PID
+                reaper.watch(pid)
             for fut in as_completed(futures):
                 u = futures[fut]
                 try:
                     yield u, fut.result(), None
                 except ModcircuitError as e:
                     yield u, None, str(e)
+            finished = True
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+            reaper.release() if finished else reaper.abandon()  # stopped early: end the workers too
 
 
-def _worker_init():
+def _worker_init(parent_pid: int):
+    from ..lifeline import die_with_parent
+
+    die_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(1)
@@ -87,12 +99,20 @@ class RayExecutor:
         return ray, started
 
     def run(self, fn: Callable, units: list) -> Iterator[Outcome]:
+        from ..lifeline import Reaper, descendants
+
+        before = descendants(os.getpid())
         ray, started = self._init()
         remote = ray.remote(num_cpus=1, max_retries=1)(_ray_call)
+        # Ray ends its head and workers with a killed driver, but not its agents: every process of a
+        # local cluster started here is watched by a reaper (modcircuit.lifeline)
+        reaper, finished = (Reaper(tree=True, ignore=before) if started else None), False
         try:
             pending = {remote.remote(fn, u): u for u in units}
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
+                if reaper is not None:  # the reaper scans too; this covers a reaper still starting up
+                    reaper.watch_new_descendants()
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
                 for ref in done:
                     u = pending.pop(ref)
                     try:
@@ -101,9 +121,12 @@ class RayExecutor:
                         yield u, None, f"ray task failed: {str(e).splitlines()[0]}"
                         continue
                     yield (u, payload, None) if status == "ok" else (u, None, payload)
+            finished = True
         finally:
             if started:
                 ray.shutdown()
+            if reaper is not None:
+                reaper.release() if finished else reaper.abandon()
 
 
 def _ray_call(fn, unit):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ModcircuitError
+from ..outputs import check_location
 from .executors import make_executor
 from .spec import Plan, StudySpec, Unit, load_spec, plan
 from .store import Store, clean_partials
@@ -94,6 +95,8 @@ def run_study(spec, *, executor: str = "local", workers: int = 1, address: str |
     p = plan(spec)
     res_path = Path(results) if results else spec.results_path()
     art_path = Path(artifacts) if artifacts else (spec.artifacts_path() if not results else None)
+    check_location(res_path, folder=False)  # before any training
+    check_location(art_path or res_path.with_name(res_path.stem + "-artifacts"), folder=True)
     store = None if (dry_run and not res_path.is_file()) else Store(res_path, art_path)
     out = StudyResult(results=res_path, artifacts=store.artifacts if store else Path(art_path or ""),
                       n_runs=len(p.runs), n_circuits=len(p.circuits), n_profiles=len(p.profiles),

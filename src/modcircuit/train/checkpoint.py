@@ -23,6 +23,7 @@ from ..errors import ModcircuitError
 from ..nn import model_from_config
 from ..schema import validate
 from .checkpoint_schema import FORMAT, VERSION, CheckpointMeta, check_version
+from ..outputs import prepare_output
 
 __all__ = ["Run", "save", "load", "FORMAT", "VERSION"]
 
@@ -47,12 +48,14 @@ class Run:
 
         return get_task(self.task_name, seed=self.seed, **self.task_options)
 
-    def save(self, out_dir) -> Path:
-        return save(self, out_dir)
+    def save(self, out_dir, *, overwrite: bool = False) -> Path:
+        return save(self, out_dir, overwrite=overwrite)
 
 
-def save(run: Run, out_dir) -> Path:
-    out_dir = Path(out_dir)
+def save(run: Run, out_dir, *, overwrite: bool = False) -> Path:
+    """Write the checkpoint folder; an existing one is replaced only with overwrite=True and only if it
+    is a checkpoint modcircuit wrote (see modcircuit.outputs)."""
+    out_dir = prepare_output(out_dir, "checkpoint", overwrite=overwrite)
     state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
     for name, t in state.items():  # a file load() would refuse is never written
         _check_finite(name, t, "cannot save the model")

@@ -21,7 +21,8 @@ from PIL import Image
 from ..regime_names import DEFAULT_REGIME
 from ..errors import ModcircuitError
 from .network import draw
-from ..atomic import publish, write_bytes
+from ..atomic import partial_prefix, publish, write_bytes
+from ..outputs import FIGURE_MARK, check_output, prepare_output
 
 ANIMATION_FORMATS = (".gif", ".mp4")
 
@@ -57,13 +58,16 @@ class Recorder:
         self.frames: list[Image.Image] = []
         self.steps: list[int] = []
         self.titles: list[str] = []  # the text each frame shows
+        self.overwrite = False  # save()'s default; for_path sets it
         self.path: Path | None = None
 
     @classmethod
-    def for_path(cls, path, task=None, every: int = 100, **options) -> "Recorder":
-        """A Recorder for writing `path` later: checks the format (and ffmpeg for .mp4) now, before training."""
+    def for_path(cls, path, task=None, every: int = 100, *, overwrite: bool = False, **options) -> "Recorder":
+        """A Recorder for writing `path` later: checks the format (ffmpeg for .mp4) and that the output may
+        be written (modcircuit.outputs) now, before training."""
         rec = cls(task, every, **options)
-        rec.path = animation_path(path)
+        rec.path = check_output(animation_path(path), "figure", overwrite=overwrite)
+        rec.overwrite = overwrite
         return rec
 
     def __call__(self, step: int, model, info: dict) -> None:
@@ -82,15 +86,17 @@ class Recorder:
         self.steps.append(step + 1)
         self.titles.append(title)
 
-    def save(self, path=None, fps: float = 4.0) -> Path:
+    def save(self, path=None, fps: float = 4.0, *, overwrite: bool | None = None) -> Path:
         """Write the frames as a GIF (default) or MP4 (needs ffmpeg); returns the path written.
 
-        path defaults to the one given to `for_path`."""
+        path defaults to the one given to `for_path`; an existing file is replaced only with overwrite=True
+        and only if modcircuit wrote it (see modcircuit.outputs)."""
         if path is None and self.path is None:
             raise ModcircuitError("no animation path given; pass one to save() or use Recorder.for_path")
         path = animation_path(path if path is not None else self.path)
         if not self.frames:
             raise ModcircuitError("no animation frames were recorded; pass the Recorder as the training callback")
+        prepare_output(path, "figure", overwrite=self.overwrite if overwrite is None else overwrite)
         if path.suffix.lower() == ".gif":
             return write_bytes(path, self._gif_bytes(fps))
         return self._write_mp4(path, fps)
@@ -102,17 +108,18 @@ class Recorder:
         first, *rest = self.frames
         # optimize=False keeps every frame, even one identical to the frame before it
         first.save(buf, format="GIF", save_all=True, append_images=rest, duration=int(1000 / fps), loop=0,
-                   optimize=False, disposal=1)
+                   optimize=False, disposal=1, comment=FIGURE_MARK)
         return buf.getvalue()
 
     def _write_mp4(self, path: Path, fps: float) -> Path:
         w, h = self.frames[0].size
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent, delete=False) as f:
+        with tempfile.NamedTemporaryFile(prefix=partial_prefix(path), suffix=".mp4", dir=path.parent,
+                                         delete=False) as f:
             tmp = Path(f.name)
         cmd = ["ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
                "-r", str(fps), "-i", "-", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-pix_fmt", "yuv420p",
-               "-vcodec", "libx264", str(tmp)]
+               "-vcodec", "libx264", "-metadata", f"comment={FIGURE_MARK}", str(tmp)]
         try:
             data = b"".join(frame.convert("RGB").resize((w, h)).tobytes() for frame in self.frames)
             proc = subprocess.run(cmd, input=data, capture_output=True)
@@ -125,13 +132,13 @@ class Recorder:
 
 
 def record_training(task, regime: str = DEFAULT_REGIME, path="training.gif", *, frames: int = 20, seed: int = 0,
-                    threshold: float = 0.05, fps: float = 4.0, **train_options):
+                    threshold: float = 0.05, fps: float = 4.0, overwrite: bool = False, **train_options):
     """Train `task` under `regime` and write an animation of at most `frames` frames, evenly spaced
     over training (the first after step 1); returns (run, path)."""
     from ..tasks import get_task
     from ..train import train
 
-    path = animation_path(path)  # fail before training, not after
+    path = check_output(animation_path(path), "figure", overwrite=overwrite)  # fail before training, not after
     if int(frames) < 2:
         raise ModcircuitError(f"frames={frames!r} is not valid; allowed: an integer >= 2")
     task_obj = get_task(task, seed=seed) if isinstance(task, str) else task
@@ -139,4 +146,4 @@ def record_training(task, regime: str = DEFAULT_REGIME, path="training.gif", *, 
     every = max(1, -(-steps // (int(frames) - 1)))  # ceil: 1 + steps // every <= frames
     rec = Recorder(task_obj, every=every, threshold=threshold, title=f"{task_obj.name} \u00b7 {regime}")
     run = train(task_obj, regime=regime, seed=seed, callback=rec, callback_every=every, **train_options)
-    return run, rec.save(path, fps=fps)
+    return run, rec.save(path, fps=fps, overwrite=overwrite)

@@ -44,6 +44,8 @@ def draw_cmd(
     allow_other_model: Annotated[bool, typer.Option("--allow-other-model",
                                                     help="overlay a circuit found on another model with the same "
                                                          "widths (deliberate transfer); refused by default")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output, only one "
+                                                                "modcircuit wrote")] = False,
 ):
     """Draw a trained network (BIMT style), optionally with a discovered circuit highlighted."""
     from ..train import load
@@ -52,6 +54,9 @@ def draw_cmd(
 
     interactive_view = html or Path(out).suffix.lower() == ".html"
     fmt = output_format(out, interactive=html)  # bad extension: fail before any work
+    from ..outputs import check_output
+
+    check_output(out, "figure", overwrite=overwrite)
     check_threshold(threshold, relative=not absolute)
     loaded = load(run)
     circ = load_circuit_file(circuit, loaded.model, allow_other_model) if circuit is not None else None
@@ -64,7 +69,8 @@ def draw_cmd(
         from .network import draw
 
         written = save_figure(draw(loaded, circ, color_by_score=color_by_score, title=title,
-                                   allow_other_model=allow_other_model), out)
+                                   allow_other_model=allow_other_model), out,
+                              overwrite=overwrite)
         result = {"out": str(written), "format": fmt, "interactive": False, "graph": "transformer",
                   "circuit_edges": circ.n_kept if circ is not None else None}
         extra = f", circuit {circ.n_kept} of {circ.n_edges} edges" if circ is not None else ""
@@ -80,7 +86,7 @@ def draw_cmd(
 
         fig = draw(loaded, circ, threshold=threshold, relative=not absolute, color_by_score=color_by_score,
                    title=title, allow_other_model=allow_other_model)
-    written = save_figure(fig, out)
+    written = save_figure(fig, out, overwrite=overwrite)
     scene = build_scene(loaded.model, circ, threshold=threshold, relative=not absolute, task=None)
     result = {"out": str(written), "format": fmt, "interactive": interactive_view,
               "edges_drawn": scene.n_drawn(), "weights": scene.n_weights,

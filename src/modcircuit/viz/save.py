@@ -2,7 +2,8 @@
 
 Matplotlib figures write any of the four (.html embeds the SVG in a page); plotly figures
 (the interactive view) write .html only, as one self-contained file. The file is written to a
-temporary sibling and renamed into place, so a failure never leaves half a file behind.
+temporary sibling and renamed into place, so a failure never leaves half a file behind. Every figure
+carries outputs.FIGURE_MARK in its own metadata, so `--overwrite` can tell it from a user's file.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from ..atomic import write_bytes
 from ..errors import ModcircuitError
+from ..outputs import FIGURE_MARK, prepare_output
 
 FORMATS = (".png", ".svg", ".pdf", ".html")
 
@@ -31,26 +33,33 @@ def _is_plotly(fig) -> bool:
     return type(fig).__module__.startswith("plotly")
 
 
+_GENERATOR = f'<meta name="generator" content="{FIGURE_MARK}">'
+_METADATA = {"png": {"Software": FIGURE_MARK}, "svg": {"Creator": FIGURE_MARK}, "pdf": {"Creator": FIGURE_MARK}}
+
+
 def render(fig, fmt: str, dpi: int = 150) -> bytes:
     if _is_plotly(fig):
         if fmt != "html":
             raise ModcircuitError(f"an interactive (plotly) figure is written as .html, not .{fmt}")
-        return fig.to_html(include_plotlyjs=True, full_html=True,
-                           config={"scrollZoom": True, "displaylogo": False}).encode()
+        page = fig.to_html(include_plotlyjs=True, full_html=True, config={"scrollZoom": True, "displaylogo": False})
+        return page.replace("<head>", "<head>" + _GENERATOR, 1).encode()
     if fmt == "html":
         buf = io.StringIO()
-        fig.savefig(buf, format="svg", bbox_inches="tight")
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata=_METADATA["svg"])
         svg = buf.getvalue()
         svg = svg[svg.index("<svg"):]  # drop the XML prolog and doctype: inline SVG in HTML
         title = fig.axes[0].get_title() if fig.axes else ""
-        return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title or 'modcircuit'}</title>"
+        return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{_GENERATOR}"
+                f"<title>{title or 'modcircuit'}</title>"
                 f"</head><body>\n{svg}\n</body></html>\n").encode()
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight", metadata=_METADATA[fmt])
     return buf.getvalue()
 
 
-def save_figure(fig, path, dpi: int = 150) -> Path:
-    """Write `fig` (matplotlib or plotly) to `path`; the extension picks the format."""
+def save_figure(fig, path, dpi: int = 150, *, overwrite: bool = False) -> Path:
+    """Write `fig` (matplotlib or plotly) to `path`; the extension picks the format. An existing file is
+    replaced only with overwrite=True and only if it is a figure modcircuit wrote (see modcircuit.outputs)."""
     fmt = output_format(path, interactive=_is_plotly(fig))
-    return write_bytes(Path(path), render(fig, fmt, dpi))
+    data = render(fig, fmt, dpi)
+    return write_bytes(prepare_output(path, "figure", overwrite=overwrite), data)
