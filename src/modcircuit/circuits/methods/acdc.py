@@ -24,15 +24,13 @@ good when metric(circuit without it) - metric(current circuit) < threshold. Its 
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from . import MethodResult, register_method
 
-GRID = 64  # points per example on which a receiver's metric is sampled for guessing
-HORIZON = 128  # edges guessed ahead after a wrong guess (doubled while the guesses hold)
-FIRST_CHUNK = 64  # after a wrong guess, the next chain is evaluated in chunks of 64, 128, ...
-MAX_ELEMENTS = 1 << 19  # per evaluation chunk (candidates x examples x widest layer): small enough to stay in cache
+SWITCH = 2  # wrong "removed" guesses in one receiver before its edges' individual effects are measured
+FIRST_CHUNK = 8  # after a wrong guess, the next chain is evaluated in chunks of 8, 16, 32, ...
+MAX_ELEMENTS = 1 << 17  # per evaluation chunk (candidates x examples x widest layer): small enough to stay in cache
 
 
 @register_method("acdc-plain", "ACDC reference: one full masked forward per edge (slow, for checks)")
@@ -78,7 +76,6 @@ class _FastACDC:
         self.passes = 0
         self.candidates = 0
         self.done = 0
-        self.dense = False  # whether the last receiver kept any edge it had to decide
 
     def run(self) -> MethodResult:
         ctx = self.ctx
@@ -135,7 +132,7 @@ class _FastACDC:
                 if bool(torch.isfinite(rest).all()) and bool((rest > 0).all()):
                     def ev(c):
                         lse = (c - shift).exp_().add_(rest).log_().add_(shift)
-                        kl = base + lse - pj * c
+                        kl = (base + lse - pj * c).mean(-1)
                         if not bool(torch.isfinite(kl).all()):
                             return self.metric(self._with_output(z, j, c))
                         return kl
@@ -159,7 +156,7 @@ class _FastACDC:
 
             def ev(c):
                 dh = ctx.model.act(l + 1, c) - hj
-                return (rr + dh * (2 * rc + dh * cc)) / n_out
+                return (rr + dh * (2 * rc + dh * cc)).mean(-1) / n_out
             return ev, 1
 
         if l + 2 == L and self.ctx.metric_name == "kl":
@@ -169,16 +166,9 @@ class _FastACDC:
             def ev(c):
                 dh = ctx.model.act(l + 1, c) - hj
                 out = torch.addcmul(zb, dh[..., None], col)
-                kl = base + (out - shift).exp_().sum(-1).log_().add_(shift[..., 0]) - dh * pc
+                kl = (base + (out - shift).exp_().sum(-1).log_().add_(shift[..., 0]) - dh * pc).mean(-1)
                 return kl if bool(torch.isfinite(kl).all()) else self.metric(out)
             return ev, max(int(rows.sum()), 1)
-
-        if l + 3 == L and ctx.model.activation_names[L - 2] == "relu":
-            out_of = _relu_layer_outputs(zb, col, *self.tail[l + 2])
-
-            def ev(c):
-                return self.metric(out_of(ctx.model.act(l + 1, c) - hj))
-            return ev, self.W[L - 1].shape[0]
 
         def ev(c):
             dh = ctx.model.act(l + 1, c) - hj
@@ -192,15 +182,14 @@ class _FastACDC:
         return out
 
     def metric(self, out: torch.Tensor) -> torch.Tensor:
-        """The context's metric per example for candidate outputs [K, B, n_out] -> [K, B] (the metric is
-        their mean; KL in a cheaper, equal form)."""
+        """The context's metric for candidate outputs [K, B, n_out] (KL in a cheaper, equal form)."""
         if self.ctx.metric_name != "kl":
-            return ((out - self.ctx.target) ** 2).mean(-1)
+            return self.ctx.metric(out)
         # KL(p || softmax(out)) = sum p log p + logsumexp(out) - p . out
         lse = (out - self.shift).exp_().sum(-1).log_().add_(self.shift[..., 0])
-        kl = self.neg_entropy + lse - (out * self.p).sum(-1)
+        kl = (self.neg_entropy + lse - (out * self.p).sum(-1)).mean(-1)
         if not bool(torch.isfinite(kl).all()):  # exp over/underflowed: the stable (slower) form
-            kl = self.neg_entropy + torch.logsumexp(out, -1) - (out * self.p).sum(-1)
+            kl = (self.neg_entropy + torch.logsumexp(out, -1) - (out * self.p).sum(-1)).mean(-1)
         return kl
 
     def _chunks(self, ev, width, cands, first=None):
@@ -213,7 +202,7 @@ class _FastACDC:
         while s < cands.shape[0]:
             k = min(size, cands.shape[0] - s)
             self.candidates += k
-            yield s, ev(cands[s:s + k]).mean(-1).tolist()
+            yield s, ev(cands[s:s + k]).tolist()
             s += k
             size = min(2 * size, step)
 
@@ -237,9 +226,8 @@ class _FastACDC:
 
     def _receiver(self, l, j, d, zero, zj, ev, width):
         """Decide the receiver's incoming edges in order. Each pass evaluates a chain of candidates built
-        on guessed outcomes of the earlier edges and stops at the first wrong guess. First guess: every edge
-        removed (right for sparse circuits); after a wrong one, the guesses come from replaying the rule on
-        an interpolated metric (`_Interpolant`), redone from the true state after every wrong guess."""
+        on guessed outcomes of the earlier edges (first: every edge removed; after SWITCH wrong guesses:
+        each edge's individual effect from a full pass) and stops at the first wrong guess."""
         thr = self.thr
         self.keep[l][j][zero] = not (0.0 < thr)  # exactly no effect: score 0
         pend_t = torch.nonzero(~zero).flatten()
@@ -248,20 +236,25 @@ class _FastACDC:
             return zj
         dk_all = d[:, pend_t].T.contiguous()  # [n, B]
         scores, keep = [0.0] * n, [True] * n
-        pos, model, horizon = 0, None, HORIZON
-        if self.dense:  # the previous receiver kept an edge: guessing "all removed" would break, interpolate
-            model = _Interpolant(self, ev, width, zj, dk_all)
+        guess = [True] * n
+        pos, wrong, predicted = 0, 0, False
         while pos < n:
-            if model is None:
-                end, g = n, [True] * (n - pos)
-            else:  # guesses for the next `horizon` edges (doubled while they hold) by replaying the interpolant
-                end = min(n, pos + horizon)
-                g = model.replay(zj, dk_all[pos:end], thr)
-            dk = dk_all[pos:end]
-            gd = dk * torch.tensor(g, dtype=dk.dtype, device=dk.device)[:, None]
-            cands = zj - (torch.cumsum(gd, 0) - gd) - dk
-            used = None
-            for s, mets in self._chunks(ev, width, cands, None if model is None else FIRST_CHUNK):
+            individual = wrong >= SWITCH and not predicted
+            dk = dk_all[pos:]
+            if individual:  # every candidate from the current state: a chain that guesses "kept"
+                g = [False] * (n - pos)
+                cands = zj - dk
+            else:
+                g = guess[pos:]
+                gd = dk * torch.tensor(g, dtype=dk.dtype, device=dk.device)[:, None]
+                cands = zj - (torch.cumsum(gd, 0) - gd) - dk
+            m0, used, all_mets = self.m, None, []
+            first = None if (individual or wrong == 0) else FIRST_CHUNK
+            for s, mets in self._chunks(ev, width, cands, first):
+                if individual:
+                    all_mets += mets
+                if used is not None:
+                    continue  # (individual pass: finish it for the predictions)
                 for k, mk in enumerate(mets, s):
                     sc = mk - self.m
                     scores[pos + k] = sc
@@ -273,92 +266,17 @@ class _FastACDC:
                     if removed != g[k]:
                         used = k + 1
                         break
-                if used is not None:
+                if used is not None and not individual:
                     break
+            if individual:
+                guess[pos:] = [mk - m0 < thr for mk in all_mets]
+                predicted = True
             if used is None:
-                pos, horizon = end, 2 * horizon
-                continue
-            pos, horizon = pos + used, HORIZON
-            if model is None and pos < n:
-                model = _Interpolant(self, ev, width, zj, dk_all[pos:])
-        self.dense = any(keep)
+                used = n - pos
+            else:
+                wrong += 1
+            pos += used
         dev = self.scores[l].device
         self.scores[l][j][pend_t] = torch.tensor(scores, dtype=torch.float64, device=dev)
         self.keep[l][j][pend_t] = torch.tensor(keep, dtype=torch.bool, device=dev)
         return zj
-
-
-def _relu_layer_outputs(zb, col, wt, c):
-    """Outputs relu(zb + dh col) @ wt + c of a last ReLU layer whose pre-activations zb [B, R] move along
-    col [R] by dh [K, B], in closed form: per example the layer is linear in dh between the dh at which
-    neurons flip sign, so with the flip points sorted (one list per direction) and prefix sums of the flipped
-    neurons' corrections, a candidate costs one search and one gather of [n_out] per example instead of a
-    pass through the layer. A neuron that flips adds s (zb + dh col) (s = +1 turning on, -1 turning off)."""
-    B, R = zb.shape
-    on = zb > 0
-    base = torch.relu(zb) @ wt + c  # [B, n_out]
-    slope = (on * col) @ wt
-    t = -zb / col  # the dh at which each neuron flips (never used where col == 0)
-    s = torch.where(on, -1.0, 1.0).to(zb.dtype)
-    ups, downs = col > 0, col < 0
-    sides, tables = [], []
-    for flips, key in ((on & downs) | (~on & ups), t), ((on & ups) | (~on & downs), -t):  # dh > 0, dh < 0
-        srt, order = torch.where(flips, key, torch.inf).sort(-1)
-        w = wt[order]  # [B, R, n_out]
-        zero = torch.zeros(B, 1, wt.shape[1], dtype=zb.dtype, device=zb.device)
-        a = torch.cat([zero, ((s * zb).gather(1, order)[..., None] * w).cumsum(1)], 1)
-        g = torch.cat([zero, ((s * col).gather(1, order)[..., None] * w).cumsum(1)], 1)
-        sides.append(srt.contiguous())
-        tables.append(torch.stack([a, g], 2))  # [B, R + 1, 2, n_out]
-    table = torch.cat(tables, 1).reshape(B * 2 * (R + 1), 2, -1)
-    row = (torch.arange(B, device=zb.device) * 2 * (R + 1))[:, None]
-
-    def outputs(dh):
-        d = dh.T.contiguous()  # [B, K]
-        k = torch.where(d >= 0, torch.searchsorted(sides[0], d), torch.searchsorted(sides[1], -d) + R + 1)
-        ag = table[(row + k).T]  # [K, B, 2, n_out]
-        return torch.addcmul(base + ag[:, :, 0], dh[..., None], slope + ag[:, :, 1])
-    return outputs
-
-
-class _Interpolant:
-    """Guesses for a receiver's remaining edges. With everything else fixed, the metric is a mean over
-    examples of a function of that example's receiver pre-activation alone, so one pass over GRID shifted
-    pre-activations samples every example's function at once; replaying the ACDC rule on the piecewise-linear
-    interpolant (numpy, no forward) predicts the outcomes. Only guesses: every score is still evaluated."""
-
-    def __init__(self, fast: _FastACDC, ev, width, zj, dk):
-        lo = zj - dk.clamp(min=0).sum(0)  # every state the rule can reach, and every candidate, is in [lo, hi]
-        span = (zj + (-dk).clamp(min=0).sum(0) - lo).clamp(min=1e-12)
-        grid = lo + span * torch.linspace(0, 1, GRID, dtype=zj.dtype, device=zj.device)[:, None]  # [GRID, B]
-        step = max(1, MAX_ELEMENTS // (zj.shape[0] * width))
-        vals = torch.cat([ev(grid[s:s + step]) for s in range(0, GRID, step)])
-        fast.passes += 1
-        fast.candidates += GRID
-        self.lo, self.inv_h = lo.cpu().numpy(), ((GRID - 1) / span).cpu().numpy()
-        v = vals.T.contiguous().cpu().numpy()  # [B, GRID]
-        self.v = v.reshape(-1)
-        self.dv = np.diff(v, axis=1, append=v[:, -1:]).reshape(-1)  # slope to the next point
-        self.row = np.arange(zj.shape[0]) * GRID
-
-    def total(self, x) -> float:
-        """Sum over examples of the interpolated metric terms at pre-activations x [B]."""
-        u = (x - self.lo) * self.inv_h
-        i = u.astype(np.int64)  # u >= 0 up to rounding (truncated to 0)
-        np.minimum(i, GRID - 2, out=i)
-        u -= i
-        i += self.row
-        return self.v[i].sum() + u.dot(self.dv[i])
-
-    def replay(self, zj, dk, thr) -> list[bool]:
-        x = zj.cpu().numpy()
-        cur, bound = self.total(x), thr * len(x)
-        out = []
-        for row in dk.cpu().numpy():
-            y = x - row
-            m = self.total(y)
-            removed = m - cur < bound
-            out.append(bool(removed))
-            if removed:
-                x, cur = y, m
-        return out
