@@ -1,11 +1,15 @@
-"""Fast ACDC vs the plain one-forward-per-edge reference, in one process, single thread.
+"""Fast ACDC vs the plain one-forward-per-edge reference across circuit densities, in one process, 1 thread.
 
-  [64,100,100,10]  digits model (briefly trained): both run the whole graph; circuits compared.
-  [784,100,100,10] MNIST-size model: the fast path runs the whole graph; the reference runs the first
-                   SAMPLE edges in ACDC order (the whole output layer and part of the next), its time is
-                   scaled up to all edges (said in the output), and both circuits are compared on those edges.
-Inputs for the MNIST-size net are the 8x8 digits upsampled to 28x28 (real MNIST when the mnist task exists).
-Usage: python benchmarks/bench_acdc.py [--threshold 0.01] [--examples 100] [--sample 3000] [--steps 400]
+For every size x net kind x target density (share of edges kept) a threshold is searched on the fast path
+(a few fast runs, each next tau read off the previous run's scores), then fast and reference are timed at it.
+  sizes:  [48,64,64,10], [64,100,100,10] (reference over the whole graph) and [784,100,100,10] (reference
+          SAMPLED: the first --sample edges in ACDC order, plus a plain re-run of --receivers hidden receivers
+          of linear 0 from the fast run's state; its per-edge time is scaled to all edges; said in the row).
+  kinds:  random (ReLU, weights scaled so activations are O(1), uniform inputs, corrupt = shuffled clean)
+          and trained (SiLU, trained on the 8x8 digits; 48 inputs = the middle 6 pixel rows; 784 inputs = the
+          digits upsampled to 28x28, or real MNIST when the mnist task has its files).
+"identical" means the same kept/removed decision for every compared edge and scores within 1e-9.
+Usage: python benchmarks/bench_acdc.py [--examples 100] [--densities 0.001,0.01,0.1,0.25,0.5] [--sizes 0,1,2]
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from modcircuit.circuits import discover
 from modcircuit.circuits.patching import PatchContext
 from modcircuit.nn.mlp import MLP
 
+SIZES = [[48, 64, 64, 10], [64, 100, 100, 10], [784, 100, 100, 10]]
+
 
 def trained(widths, x, y, steps, seed=0):
     torch.manual_seed(seed)
@@ -30,45 +36,79 @@ def trained(widths, x, y, steps, seed=0):
         opt.zero_grad()
         F.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()
+    return model
+
+
+def random_net(widths, seed=0, scale=2.5):
+    torch.manual_seed(seed)
+    model = MLP(widths, "relu")
     with torch.no_grad():
-        acc = (model(x).argmax(1) == y).float().mean().item()
-    return model, acc
+        for lin in model.linears:
+            lin.weight.mul_(scale)
+    return model
 
 
-def mnist_like():
+def digits_inputs(n_in):
+    t = tasks.get_task("digits")
+    x, y = t.x_train, t.y_train
+    if n_in == 48:
+        return x[:, 8:56], y, "digits rows 1-6"
+    if n_in == 64:
+        return x, y, "digits"
     if "mnist" in tasks.task_names():
         try:
-            t = tasks.get_task("mnist")
-            return t.x_train.reshape(len(t.x_train), -1), t.y_train, "mnist"
-        except Exception as e:  # no local IDX files
-            print(f"(mnist task unavailable: {e}; using upsampled digits)")
-    t = tasks.get_task("digits")
-    x = F.interpolate(t.x_train.reshape(-1, 1, 8, 8), size=(28, 28), mode="bilinear", align_corners=False)
+            m = tasks.get_task("mnist")
+            return m.x_train.reshape(len(m.x_train), -1), m.y_train, "mnist"
+        except Exception:  # no local IDX files
+            pass
+    x = F.interpolate(x.reshape(-1, 1, 8, 8), size=(28, 28), mode="bilinear", align_corners=False)
     x = F.pad(x[:, :, 2:26, 2:26], (2, 2, 2, 2))  # MNIST-like empty border
-    return x.reshape(len(x), -1), t.y_train, "digits upsampled to 28x28"
+    return x.reshape(len(x), -1), y, "digits upsampled to 28x28"
 
 
-def pairs(x, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(x), generator=g)[:n]
-    clean = x[idx]
-    return clean, clean.roll(1, 0)
+def net_and_data(widths, kind, n, steps):
+    g = torch.Generator().manual_seed(1)
+    if kind == "random":
+        clean = torch.rand(n, widths[0], generator=g) * 2 - 1
+        return random_net(widths), clean, clean[torch.randperm(n, generator=g)]
+    x, y, _ = digits_inputs(widths[0])
+    model = trained(widths, x, y, steps)
+    clean = x[torch.randperm(len(x), generator=g)[:n]]
+    return model, clean, clean.roll(1, 0)
 
 
-def same(c_fast, c_ref, n_tested=None):
+def search_tau(run, target, tries=5, tol=0.2):
+    """A threshold whose fast circuit keeps about `target` of the edges: each next tau is the score quantile
+    that would keep `target` (scores move with tau, hence a few rounds). Returns the closest run."""
+    tau, best = 1e-2, None
+    for _ in range(tries):
+        c = run(tau)
+        frac = c.n_kept / c.n_edges
+        if best is None or abs(frac - target) < abs(best[1].n_kept / best[1].n_edges - target):
+            best = (tau, c)
+        if abs(frac - target) <= tol * target:
+            break
+        s = torch.cat([x.flatten() for x in c.scores])
+        nxt = torch.quantile(s, 1 - target).item()
+        tau = nxt if nxt > 0 else tau / 10
+    return best
+
+
+def compare(c_fast, c_ref):
     """Identical decisions and scores (float64 rounding) on the edges the reference tested."""
-    ok, max_diff = True, 0.0
+    ok, max_diff, n = True, 0.0, 0
     for f, r, sf, sr in zip(c_fast.mask, c_ref.mask, c_fast.scores, c_ref.scores):
         tested = ~torch.isnan(sr)
+        n += int(tested.sum())
         ok &= torch.equal(f[tested], r[tested])
         if tested.any():
             max_diff = max(max_diff, (sf[tested] - sr[tested]).abs().max().item())
-    return ok and max_diff < 1e-9, max_diff
+    return ok and max_diff < 1e-9, max_diff, n
 
 
-def spot_check(model, clean, corrupt, fast, threshold, receivers):
-    """Plain re-run (one full forward per edge) of some first-layer receivers, starting from the state the
-    fast run had reached there (later layers final, earlier receivers of the layer decided)."""
+def plain_receivers(model, clean, corrupt, fast, threshold, receivers):
+    """Plain re-run (one full forward per edge) of some receivers of linear 0, starting from the state the
+    fast run had reached there (later linears final, earlier receivers of linear 0 decided)."""
     ctx = PatchContext(model, clean, corrupt, metric=fast.metric, ablation=fast.ablation)
     ok, n, max_diff = True, 0, 0.0
     with torch.no_grad():
@@ -91,48 +131,50 @@ def spot_check(model, clean, corrupt, fast, threshold, receivers):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threshold", type=float, default=0.01)
-    ap.add_argument("--mnist-threshold", type=float, default=None, help="threshold for the MNIST-size run (default: --threshold)")
     ap.add_argument("--examples", type=int, default=100)
-    ap.add_argument("--sample", type=int, default=3000)
+    ap.add_argument("--densities", default="0.001,0.01,0.1,0.25,0.5")
+    ap.add_argument("--sizes", default="0,1,2", help="indices into " + str(SIZES))
+    ap.add_argument("--kinds", default="random,trained")
+    ap.add_argument("--sample", type=int, default=1500, help="reference edges in ACDC order for the biggest size")
+    ap.add_argument("--receivers", type=int, default=2, help="linear-0 receivers re-run plainly for the biggest size")
     ap.add_argument("--steps", type=int, default=400)
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
+    densities = [float(d) for d in args.densities.split(",")]
+    print(f"{args.examples} examples, kl, resample ablation, float64, 1 thread")
+    print(f"{'size':18} {'net':8} {'target':>7} {'tau':>9} {'kept %':>7} {'fast s':>7} {'plain s':>8} {'ratio':>6}  identical")
+    for si in [int(s) for s in args.sizes.split(",")]:
+        widths = SIZES[si]
+        sampled = widths[0] > 100
+        for kind in args.kinds.split(","):
+            model, clean, corrupt = net_and_data(widths, kind, args.examples, args.steps)
 
-    t = tasks.get_task("digits")
-    model, acc = trained([64, 100, 100, 10], t.x_train, t.y_train, args.steps)
-    clean, corrupt = pairs(t.x_test, args.examples)
-    fast = discover(model, clean, corrupt, method="acdc", threshold=args.threshold)
-    ref = discover(model, clean, corrupt, method="acdc-plain", threshold=args.threshold)
-    ok, diff = same(fast, ref)
-    print(f"[64,100,100,10] digits (train acc {acc:.3f}), {args.examples} examples, threshold {args.threshold}, kl, resample")
-    print(f"  edges {fast.n_edges}, kept {fast.n_kept} (reference kept {ref.n_kept})")
-    print(f"  identical circuit and scores: {'yes' if ok else 'NO'} (max |score diff| {diff:.2e})")
-    print(f"  fast {fast.seconds:.2f} s ({fast.forward_passes} batched passes, {fast.extra['candidates']} candidates); "
-          f"reference {ref.seconds:.2f} s ({ref.forward_passes} forwards); speed ratio {ref.seconds / fast.seconds:.1f}x")
+            def run(tau, method="acdc", **kw):
+                return discover(model, clean, corrupt, method=method, threshold=tau, **kw)
 
-    if args.mnist_threshold is not None:
-        args.threshold = args.mnist_threshold
-    x, y, source = mnist_like()
-    model, acc = trained([784, 100, 100, 10], x, y, args.steps)
-    clean, corrupt = pairs(x, args.examples, seed=1)
-    fast = discover(model, clean, corrupt, method="acdc", threshold=args.threshold)
-    ref = discover(model, clean, corrupt, method="acdc-plain", threshold=args.threshold, max_edges=args.sample)
-    ok, diff = same(fast, ref)
-    scaled = ref.seconds * fast.n_edges / args.sample
-    print(f"[784,100,100,10] {source} (train acc {acc:.3f}), {args.examples} examples, threshold {args.threshold}")
-    print(f"  edges {fast.n_edges}, kept {fast.n_kept}; fast whole run {fast.seconds:.2f} s "
-          f"({fast.forward_passes} batched passes, {fast.extra['candidates']} candidates)")
-    print(f"  reference on the first {args.sample} edges in ACDC order: {ref.seconds:.2f} s, "
-          f"scaled to all {fast.n_edges} edges: {scaled:.1f} s (estimate, not measured)")
-    print(f"  identical on the sampled edges: {'yes' if ok else 'NO'} (max |score diff| {diff:.2e}); "
-          f"speed ratio (scaled reference / fast) {scaled / fast.seconds:.1f}x")
-    alive = torch.nonzero(fast.mask[1].any(0)).flatten().tolist()
-    spots = (alive[:1] + alive[len(alive) // 2:len(alive) // 2 + 1] + alive[-1:]) if alive else [0]
-    ok, n, diff = spot_check(model, clean, corrupt, fast, args.threshold, spots)
-    print(f"  first-layer spot check: plain re-run of receivers {spots} of linear 0 (hidden neurons the circuit "
-          f"still uses) from the fast run's state, {n} edges: identical: {'yes' if ok else 'NO'} (max |score diff| {diff:.2e})")
+            for target in densities:
+                tau, _ = search_tau(run, target)
+                fast = run(tau)  # timed on its own, after the search
+                if not sampled:
+                    ref = run(tau, "acdc-plain")
+                    ok, diff, n = compare(fast, ref)
+                    plain_s, note = ref.seconds, ""
+                else:
+                    ref = run(tau, "acdc-plain", max_edges=args.sample)
+                    ok, diff, n = compare(fast, ref)
+                    alive = torch.nonzero(fast.mask[1].any(0)).flatten().tolist() or [0]
+                    picks = [alive[k * len(alive) // args.receivers] for k in range(args.receivers)]
+                    t0 = time.perf_counter()
+                    ok0, n0, diff0 = plain_receivers(model, clean, corrupt, fast, tau, picks)
+                    t_rec = time.perf_counter() - t0
+                    ok, diff, n = ok and ok0, max(diff, diff0), n + n0
+                    plain_s = (ref.seconds + t_rec) / n * fast.n_edges
+                    note = f" (reference on {n} of {fast.n_edges} edges, scaled)"
+                kept = 100 * fast.n_kept / fast.n_edges
+                print(f"{str(widths):18} {kind:8} {100 * target:6.1f}% {tau:9.2e} {kept:7.2f} {fast.seconds:7.2f} "
+                      f"{plain_s:8.1f} {plain_s / fast.seconds:5.1f}x  {'yes' if ok else 'NO'} "
+                      f"(max diff {diff:.1e}){note}", flush=True)
 
 
 if __name__ == "__main__":

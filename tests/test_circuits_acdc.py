@@ -131,3 +131,33 @@ def test_fast_acdc_equals_reference_with_peaked_logits():
         assert all(torch.equal(g, w) for g, w in zip(c.mask, ref_mask)), threshold
         for got, want in zip(c.scores, ref_scores):
             assert torch.allclose(got, want, rtol=1e-9, atol=1e-12), threshold
+
+
+DENSE_CASES = [
+    ([6, 12, 10, 4], "relu", "kl", "resample"),
+    ([6, 12, 10, 4], "relu", "mse", "zero"),
+    ([5, 9, 8, 7, 3], "silu", "kl", "mean"),  # general tail
+    ([5, 9, 8, 7, 3], "relu", "mse", "resample"),
+]
+
+
+@pytest.mark.parametrize("widths,act,metric,ablation", DENSE_CASES)
+def test_fast_acdc_equals_reference_on_dense_circuits(widths, act, metric, ablation):
+    """Thresholds keeping 10-50% of the edges: many wrong "removed" guesses, so the individual-effect
+    predictions and the chains restarted after wrong guesses all run."""
+    model = random_mlp(widths, act, seed=7, scale=0.6)
+    clean, corrupt = pairs(widths[0], n=20, seed=3)
+    c0 = discover(model, clean, corrupt, method="acdc", threshold=0.0, metric=metric, ablation=ablation)
+    scores = torch.cat([s.flatten() for s in c0.scores])
+    dense = 0
+    for q in [0.5, 0.75, 0.9]:  # thresholds from the score distribution: circuits of varied density
+        threshold = max(torch.quantile(scores, q).item(), 1e-12)
+        ref_mask, ref_scores = reference_acdc(model, clean, corrupt, threshold, metric, ablation)
+        c = discover(model, clean, corrupt, method="acdc", threshold=threshold, metric=metric, ablation=ablation)
+        for got, want in zip(c.mask, ref_mask):
+            assert torch.equal(got, want), threshold
+        for got, want in zip(c.scores, ref_scores):
+            assert torch.allclose(got, want, rtol=1e-9, atol=1e-12), threshold
+        dense += 0.1 <= c.n_kept / c.n_edges <= 0.5
+    assert dense >= 1  # at least one circuit in the dense range the test is about
+
