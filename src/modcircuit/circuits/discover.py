@@ -7,9 +7,11 @@ import time
 import torch
 
 from ..errors import ModcircuitError
+from ..limits import check_int
 from ..tasks.base import Task
 from .circuit import Circuit
 from .graph import Graph, as_mlp
+from .inputs import check_labels, n_outputs
 from .methods import get_method
 from .patching import PatchContext, check_choice, check_dtype, check_threshold
 
@@ -39,7 +41,15 @@ def resolve_data(model, data, corrupt=None, labels=None, *, split: str = "test",
         labels = data[2] if len(data) == 3 else labels
     else:
         clean = data
+    if labels is not None:
+        n = len(clean) if hasattr(clean, "__len__") else 0
+        labels = check_labels(labels, n, task.kind if task is not None else None, n_outputs(model))
     return clean, corrupt, labels, task
+
+
+def check_top_k(top_k, n_edges: int) -> int:
+    """top_k keeps that many edges: 1..n_edges (the whole graph is n_edges)."""
+    return check_int("top_k", top_k, 1, n_edges)
 
 
 def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: float = 0.01, metric: str | None = None,
@@ -72,8 +82,8 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     if metric is None:
         metric = task_metric(task) if task is not None else "kl"
     check_choice(metric, ablation)
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise ModcircuitError(f"top_k {top_k!r} is not allowed; give an integer >= 0")
+    if top_k is not None:
+        check_top_k(top_k, Graph.of(model).n_edges)
     allowed = set(inspect.signature(fn).parameters) - {"ctx", "threshold"}
     bad = [k for k in options if k not in allowed]
     if bad:

@@ -49,6 +49,7 @@ from ..nn.transformer import GeometricTransformer
 from .methods.eap import _objective  # the same objectives as the MLP's EAP (needs ctx.full_masks)
 from .circuit import TransformerCircuit
 from .graph import TransformerGraph
+from .inputs import check_inputs, check_parameters
 from .patching import check_dtype
 
 METRICS = ("kl", "mse")
@@ -154,13 +155,12 @@ class TransformerPatchContext:
         self.device = self.model.W_E.device
         self.graph = TransformerGraph.of(model, split_qkv)
         self.allowed = self.graph.allowed.to(self.device)
-        clean = torch.as_tensor(clean).to(self.device)
-        if len(clean) == 0:
-            raise ModcircuitError("clean holds no examples; give at least one")
+        check_parameters(model)
+        clean = check_inputs(model, clean, "clean").to(self.device)
         if ablation == "resample":
             if corrupt is None:
                 raise ModcircuitError("resample ablation needs corrupt inputs; give corrupt or use ablation 'zero'/'mean'")
-            corrupt = torch.as_tensor(corrupt).to(self.device)
+            corrupt = check_inputs(model, corrupt, "corrupt").to(self.device)
             if corrupt.shape != clean.shape:
                 raise ModcircuitError(f"corrupt has shape {tuple(corrupt.shape)}, clean {tuple(clean.shape)}; they must match")
         self.clean, self.corrupt, self.labels = clean, corrupt, labels
@@ -1240,6 +1240,10 @@ def discover_transformer(model, data, corrupt=None, *, method: str = "acdc", thr
     t0 = time.perf_counter()
     ctx = TransformerPatchContext(model, clean, corrupt, metric=metric, ablation=ablation, split_qkv=split_qkv,
                                   labels=labels, dtype=dtype)
+    if top_k is not None:
+        from .discover import check_top_k
+
+        check_top_k(top_k, ctx.graph.n_edges)
     res = METHODS[method](ctx, float(threshold), **options)
     seconds = time.perf_counter() - t0
     scores = res.scores.detach().cpu().double()
