@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -215,12 +213,3 @@ def test_bad_input_is_one_line_exit_2_nothing_written(fixtures, tmp_path, monkey
     assert list(work.iterdir()) == [], "something was written"
     assert _digest(root) == before, "a fixture file changed"
 
-
-def test_the_installed_command_prints_the_same_one_line(fixtures, tmp_path):
-    """One case through a real process: the console entry point's exit status and stderr."""
-    _, paths = fixtures
-    r = subprocess.run([sys.executable, "-m", "modcircuit.cli", "discover", paths["run"], "--data",
-                        paths["npz"]["x.npy"], "--out", str(tmp_path / "c.json")], capture_output=True, text=True)
-    assert r.returncode == 2
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "give a .npz" in r.stderr
-    assert list(tmp_path.iterdir()) == []
