@@ -49,7 +49,7 @@ from ..nn.transformer import GeometricTransformer
 from .methods.eap import _objective  # the same objectives as the MLP's EAP (needs ctx.full_masks)
 from .circuit import TransformerCircuit
 from .graph import TransformerGraph
-from .inputs import check_inputs, check_parameters
+from .inputs import as_tensor, check_inputs, check_parameters
 from .patching import check_dtype
 
 METRICS = ("kl", "mse")
@@ -160,9 +160,10 @@ class TransformerPatchContext:
         if ablation == "resample":
             if corrupt is None:
                 raise ModcircuitError("resample ablation needs corrupt inputs; give corrupt or use ablation 'zero'/'mean'")
-            corrupt = check_inputs(model, corrupt, "corrupt").to(self.device)
+            corrupt = as_tensor(corrupt, "corrupt")
             if corrupt.shape != clean.shape:
                 raise ModcircuitError(f"corrupt has shape {tuple(corrupt.shape)}, clean {tuple(clean.shape)}; they must match")
+            corrupt = check_inputs(model, corrupt, "corrupt").to(self.device)
         self.clean, self.corrupt, self.labels = clean, corrupt, labels
         self.forward_passes = 0
         self._means = means
