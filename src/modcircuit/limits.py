@@ -7,6 +7,7 @@ The bounds are generous: each is orders of magnitude beyond what the reference s
 from __future__ import annotations
 
 import math
+import numbers
 
 from .errors import ModcircuitError
 
@@ -35,8 +36,9 @@ def check_int(name: str, value, low: int, high: int | None = None, *, none_means
     allowed = f"an integer {low}..{high}" if high is not None else f"an integer >= {low}"
     if none_means:
         allowed += f" (or none: {none_means})"
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # (numpy integers are fine)
         raise ModcircuitError(f"{name} {value!r} is not allowed; give {allowed}")
+    value = int(value)
     if value < low or (high is not None and value > high):
         raise ModcircuitError(f"{name} {value} is out of range; give {allowed}")
     return value
