@@ -31,24 +31,7 @@ def test_tasks_lists_every_task():
     assert {"two-moons", "digits", "symbolic-independence"} <= names
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--task", "moons"], "unknown task 'moons'"),
-    (["--task", "two-moons", "--regime", "bimtx"], "unknown regime 'bimtx'"),
-    (["--task", "two-moons", "--lr", "abc"], "--lr"),
-    (["--task", "two-moons", "--lr", "-1"], "lr=-1.0"),
-    (["--task", "two-moons", "--widths", "3,20,2"], "widths [3, 20, 2] do not fit"),
-    (["--task", "two-moons", "--widths", "2,x,2"], "--widths '2,x,2'"),
-    (["--task", "two-moons", "--lr", "1e30", "--steps", "100"], "loss became"),
-])
-def test_bad_input_one_line_nonzero_nothing_written(tmp_path, capsys, args, needle):
-    # in-process (the same main() the console script calls) to keep the suite fast
-    out = tmp_path / "run"
-    code = main(["train", *args, "--out", str(out), "--no-progress"])
-    err = capsys.readouterr().err
-    assert code == 2
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+# bad train arguments (and every other bad input) are cases of the table in test_bad_inputs.py
 
 
 def test_unknown_command_and_missing_option_are_one_line(capsys):

@@ -18,6 +18,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from .errors import ModcircuitError
 from .regime_names import DEFAULT_REGIME, REGIMES
+from .jsonout import dumps
 
 # command -> (module, its function; or, for a command group, {subcommand: function})
 STAGE_COMMANDS = {
@@ -132,7 +133,7 @@ def tasks_cmd(json_output: bool = typer.Option(False, "--json", help="machine-re
             row.update(widths=None, loss=None, defaults={}, note=str(e))
         rows.append(row)
     if json_output:
-        typer.echo(json.dumps(rows, indent=1))
+        typer.echo(dumps(rows, indent=1))
         return
     from rich import box
     from rich.console import Console
@@ -175,7 +176,9 @@ def train_cmd(
     widths: Optional[str] = typer.Option(None, "--widths", help="e.g. 4,20,20,2"),
     activation: Optional[str] = typer.Option(None, "--activation"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
-    threads: int = typer.Option(1, "--threads", help="CPU threads (small MLPs train fastest on one)"),
+    threads: int = typer.Option(1, "--threads", help="CPU threads, 1..1024 (small MLPs train fastest on one)"),
+    max_parameters: Optional[int] = typer.Option(None, "--max-parameters",
+                                                 help="refuse larger models (default 10,000,000 parameters)"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the task's data files (mnist)"),
     download: bool = typer.Option(False, "--download", help="download the task's data when missing (mnist)"),
     sets: list[str] = typer.Option([], "--set", help="any other hyperparameter, key=value (JSON values)"),
@@ -193,10 +196,11 @@ def train_cmd(
     check_output(out, "checkpoint", overwrite=overwrite)  # before any work
     import torch
 
+    from .limits import check_threads
     from .tasks import get_task, parse_task_options
     from .train import train
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(check_threads(threads))
     options = parse_task_options(task, task_options)
     if data_dir is not None:
         options["data_dir"] = str(data_dir)
@@ -214,12 +218,13 @@ def train_cmd(
         recorder = Recorder.for_path(animate, t, overwrite=overwrite)
         n_steps = overrides.get("steps") or t.defaults.get("steps", 2000)
         overrides["callback"], overrides["callback_every"] = recorder, max(1, n_steps // max(1, frames - 1))
-    run = train(t, regime=regime, seed=seed, progress=progress and not json_output, **overrides)
+    run = train(t, regime=regime, seed=seed, progress=progress and not json_output, max_parameters=max_parameters,
+                **overrides)
     run.save(out, overwrite=overwrite)
     if recorder is not None:
         recorder.save(animate)
     if json_output:
-        typer.echo(json.dumps({"out": str(out), "metrics": run.metrics, "timings": run.timings}))
+        typer.echo(dumps({"out": str(out), "metrics": run.metrics, "timings": run.timings}))
     else:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in run.metrics.items())
         typer.echo(f"{task}/{regime}/seed {seed}: {shown}; {run.timings['train_seconds']:.1f} s -> {out}")

@@ -9,7 +9,6 @@ A circuit file found on another model than RUN is refused unless --allow-other-m
 """
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -19,8 +18,10 @@ import torch
 import typer
 
 from ..errors import ModcircuitError
+from ..jsonout import dumps
 from .circuit import load_circuit
 from .discover import discover, task_metric
+from .inputs import check_labels, n_outputs
 from .methods import method_names
 from .metrics import evaluate
 from .positions import parse_positions
@@ -32,8 +33,14 @@ def load_npz(path: Path) -> dict:
     if not path.is_file():
         raise ModcircuitError(f"data file {str(path)!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array: which one is clean?
+            raise ModcircuitError(f"data file {str(path)!r} holds one {type(loaded).__name__} (a .npy); give a .npz "
+                                  "with arrays 'clean' and 'corrupt' (optional 'labels'), e.g. numpy.savez")
+        with loaded as f:
             arrays = {k: f[k] for k in f.files}
+    except ModcircuitError:
+        raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise ModcircuitError(f"data file {str(path)!r} is not a readable .npz: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     missing = [k for k in ("clean", "corrupt") if k not in arrays]
@@ -85,9 +92,13 @@ def _check_fits(model, task, task_options) -> None:
         raise ModcircuitError(f"{given}: the task then has {task.widths[-1]} outputs; the run's model has {outputs}")
 
 
-def _data(task, data: Optional[Path]):
+def _data(model, task, data: Optional[Path]):
     if data is not None:
-        return load_npz(data)
+        arrays = load_npz(data)
+        if "labels" in arrays:  # checked against the run's task (classes vs regression targets) when it is known
+            arrays["labels"] = check_labels(arrays["labels"], len(arrays["clean"]), task.kind if task else None,
+                                            n_outputs(model))
+        return arrays
     if task is None:
         raise ModcircuitError("the run's task cannot be built here; give --data inputs.npz")
     return task
@@ -125,7 +136,7 @@ def discover_cmd(
 
     if split_qkv and not isinstance(model, GeometricTransformer):
         raise ModcircuitError(f"--split-qkv is for transformer runs; {str(run)!r} holds a {type(model).__name__}")
-    source = _data(task, data)
+    source = _data(model, task, data)
     if metric is None:
         metric = task_metric(task) if task is not None else "kl"
     kwargs = dict(method=method, threshold=threshold, metric=metric, ablation=ablation, top_k=top_k, dtype=dtype)
@@ -149,7 +160,7 @@ def discover_cmd(
                "ablation": circuit.ablation, "n_edges": circuit.n_edges, "n_kept": circuit.n_kept,
                "seconds": circuit.seconds, "forward_passes": circuit.forward_passes}
     if json_output:
-        typer.echo(json.dumps(summary))
+        typer.echo(dumps(summary))
     else:
         typer.echo(f"{method}: kept {circuit.n_kept}/{circuit.n_edges} edges in {circuit.seconds:.2f} s "
                    f"({circuit.forward_passes} forward passes) -> {out}")
@@ -173,10 +184,10 @@ def evaluate_cmd(
     positions = parse_positions(positions) if positions is not None else None
     model, task = _load_run(run, task_options)
     circuit = load_circuit(circuit_file, model, allow_other_model)
-    report = evaluate(model, circuit, _data(task, data), positions=positions,
+    report = evaluate(model, circuit, _data(model, task, data), positions=positions,
                       allow_other_model=allow_other_model)
     if json_output:
-        typer.echo(json.dumps(report, allow_nan=False, default=str))
+        typer.echo(dumps(report))
         return
     skip = {"curve", "roc_edges", "roc_inputs"}
     for k, v in report.items():

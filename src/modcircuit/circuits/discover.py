@@ -7,9 +7,11 @@ import time
 import torch
 
 from ..errors import ModcircuitError
+from ..limits import check_int
 from ..nn.fingerprint import model_fingerprint
 from ..tasks.base import Task
 from .circuit import Circuit
+from .inputs import check_labels, n_outputs
 from .kinds import graph_kind
 from .methods import get_method
 from .patching import check_choice, check_dtype, check_threshold
@@ -40,7 +42,15 @@ def resolve_data(model, data, corrupt=None, labels=None, *, split: str = "test",
         labels = data[2] if len(data) == 3 else labels
     else:
         clean = data
+    if labels is not None:
+        n = len(clean) if hasattr(clean, "__len__") else 0
+        labels = check_labels(labels, n, task.kind if task is not None else None, n_outputs(model))
     return clean, corrupt, labels, task
+
+
+def check_top_k(top_k, n_edges: int) -> int:
+    """top_k keeps that many edges: 1..n_edges (the whole graph is n_edges)."""
+    return check_int("top_k", top_k, 1, n_edges)
 
 
 def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: float = 0.01, metric: str | None = None,
@@ -70,8 +80,8 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     if metric is None:
         metric = task_metric(task) if task is not None else "kl"
     check_choice(metric, ablation)
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise ModcircuitError(f"top_k {top_k!r} is not allowed; give an integer >= 0")
+    if top_k is not None:
+        check_int("top_k", top_k, 1)  # the upper bound (the graph's edge count) once the graph is built
     graph_options = {k: options.pop(k) for k in kind.options if k in options}
     if positions is not None:
         graph_options["positions"] = positions
@@ -85,6 +95,8 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     t0 = time.perf_counter()
     ctx = kind.context(model, clean, corrupt, metric=metric, ablation=ablation, labels=labels, dtype=dtype,
                        **graph_options)
+    if top_k is not None:
+        check_top_k(top_k, ctx.graph.n_edges)
     res = fn(ctx, float(threshold), **options)
     seconds = time.perf_counter() - t0
     scores, mask, graph = kind.scores(ctx, res, method, task)

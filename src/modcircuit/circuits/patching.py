@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..errors import ModcircuitError, choice_error
 from ..tasks.base import ABLATIONS
 from .graph import Graph, as_mlp
+from .inputs import as_tensor, check_inputs, check_parameters
 
 METRICS = ("kl", "mse")
 
@@ -62,15 +63,15 @@ class PatchContext:
         self.dtype = dtype
         p = next(self.model.parameters())
         self.device = p.device
-        clean = _as_tensor(clean, "clean").to(self.device)
-        if len(clean) == 0:
-            raise ModcircuitError("clean holds no examples; give at least one")
+        check_parameters(self.model)
+        clean = check_inputs(self.model, clean, "clean").to(self.device)
         if ablation == "resample":
             if corrupt is None:
                 raise ModcircuitError("resample ablation needs corrupt inputs; give corrupt or use ablation 'zero'/'mean'")
-            corrupt = _as_tensor(corrupt, "corrupt").to(self.device)
+            corrupt = as_tensor(corrupt, "corrupt")
             if corrupt.shape != clean.shape:
                 raise ModcircuitError(f"corrupt has shape {tuple(corrupt.shape)}, clean {tuple(clean.shape)}; they must match")
+            corrupt = check_inputs(self.model, corrupt, "corrupt").to(self.device)
         self.clean, self.corrupt, self.labels = clean, corrupt, labels
         self.graph = Graph.of(self.model)
         self.L = self.model.n_linears
@@ -79,6 +80,10 @@ class PatchContext:
             self.b = [lin.bias.detach().to(dtype) for lin in self.model.linears]
             self.h = self.live(self._features(clean))
             self.target = self.h[-1]
+            if not torch.isfinite(self.target).all():  # finite inputs and weights can still overflow
+                row = int(torch.nonzero(~torch.isfinite(self.target).all(-1))[0])
+                raise ModcircuitError(f"the model's outputs on clean example {row} are not finite; its inputs or "
+                                      "weights are too large for meaningful scores")
             self.h = self.h[:-1]
             if ablation == "resample":
                 self.a = self.live(self._features(corrupt))[:-1]
@@ -145,15 +150,6 @@ class PatchContext:
         """Circuit outputs in the model's original output order."""
         with torch.no_grad():
             return self.model.readout(self.forward(masks))
-
-
-def _as_tensor(x, what: str) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x
-    try:
-        return torch.as_tensor(x)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ModcircuitError(f"{what} is not an array of numbers: {e}")
 
 
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}

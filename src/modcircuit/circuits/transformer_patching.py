@@ -40,6 +40,7 @@ from ..errors import ModcircuitError, choice_error
 from ..nn.transformer import GeometricTransformer
 from .circuit import TransformerCircuit
 from .graph import TransformerGraph
+from .inputs import as_tensor, check_inputs, check_parameters
 from .positions import Positions, resolve_positions
 
 
@@ -154,15 +155,15 @@ class TransformerPatchContext:
         self.device = self.model.W_E.device
         self.graph = TransformerGraph.of(model, split_qkv)
         self.allowed = self.graph.allowed.to(self.device)
-        clean = torch.as_tensor(clean).to(self.device)
-        if len(clean) == 0:
-            raise ModcircuitError("clean holds no examples; give at least one")
+        check_parameters(model)
+        clean = check_inputs(model, clean, "clean").to(self.device)
         if ablation == "resample":
             if corrupt is None:
                 raise ModcircuitError("resample ablation needs corrupt inputs; give corrupt or use ablation 'zero'/'mean'")
-            corrupt = torch.as_tensor(corrupt).to(self.device)
+            corrupt = as_tensor(corrupt, "corrupt")
             if corrupt.shape != clean.shape:
                 raise ModcircuitError(f"corrupt has shape {tuple(corrupt.shape)}, clean {tuple(clean.shape)}; they must match")
+            corrupt = check_inputs(model, corrupt, "corrupt").to(self.device)
         self.clean, self.corrupt, self.labels = clean, corrupt, labels
         if clean.dim() < 2:
             raise ModcircuitError(f"inputs of shape {tuple(clean.shape)} do not fit the model: they need [batch, positions"

@@ -8,14 +8,13 @@
 """
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..errors import ModcircuitError
+from ..jsonout import dumps
 
 
 def _console():
@@ -85,7 +84,7 @@ def study_run_cmd(
         print_report_tables(rep)
         typer.echo(f"report: {rep.html} and {rep.markdown}")
     if json_output:
-        typer.echo(json.dumps({
+        typer.echo(dumps({
             "results": str(res.results), "artifacts": str(res.artifacts), "runs": res.n_runs,
             "circuits": res.n_circuits, "profiles": res.n_profiles, "units_run": res.units_done,
             "cells_skipped": res.skipped_cells, "failures": res.failures, "wall_seconds": res.wall_seconds,
@@ -108,18 +107,11 @@ def report_cmd(
 
     rep = build_report(results, out, title=title, figures=not no_figures, overwrite=overwrite)
     if json_output:
-        typer.echo(json.dumps({"html": str(rep.html), "markdown": str(rep.markdown),
-                               "figures": [str(p) for p in rep.figures], "claims": rep.claims},
-                              indent=1, default=_json_default))
+        typer.echo(dumps({"html": str(rep.html), "markdown": str(rep.markdown),
+                          "figures": [str(p) for p in rep.figures], "claims": rep.claims}, indent=1))
         return
     print_report_tables(rep)
     typer.echo(f"report: {rep.html} and {rep.markdown} ({len(rep.figures)} figures)")
-
-
-def _json_default(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return str(o)
 
 
 def profile_cmd(
@@ -175,7 +167,7 @@ def profile_cmd(
                        latency_repeats=latency_repeats, throughput_batch=throughput_batch)
     prof["run"] = str(run)
     if json_output:
-        typer.echo(json.dumps(prof, indent=1, default=_json_default))
+        typer.echo(dumps(prof, indent=1))
         return
     from rich.table import Table
 

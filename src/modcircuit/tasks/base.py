@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModcircuitError, choice_error
+from ..limits import check_int, check_model_size, check_seed
 from ..nn.mlp import MLP
 
 LOSSES = ("mse", "ce", "mse-onehot")
@@ -77,6 +78,10 @@ class Task:
                 out.append({"kind": "line", "folds": 1})
         return out
 
+    def check_size(self, widths: list[int] | None = None, max_parameters: int | None = None) -> None:
+        """Refuse a model too large to be meant (limits.MAX_PARAMETERS unless raised) before it is allocated."""
+        check_model_size(self.check_widths(widths or self.widths), self.embedding, max_parameters)
+
     def build_model(self, widths: list[int] | None = None, activation: str | None = None) -> MLP:
         widths = self.check_widths(widths or self.widths)
         return MLP(widths, activation or self.activation, self.layouts_for(widths), self.embedding)
@@ -107,7 +112,13 @@ class Task:
     # ---- patching --------------------------------------------------------------------------
     def patching_pairs(self, split: str = "test", n: int | None = None, seed: int | None = None):
         """(clean, corrupt, labels): corrupt[i] is another example's input (resample ablation, fixed by seed)."""
+        if split not in ("test", "train"):
+            raise choice_error("split", split, ("test", "train"))
+        if n is not None:
+            check_int("examples", n, 1, none_means="all")
         x, y = (self.x_test, self.y_test) if split == "test" else (self.x_train, self.y_train)
+        if seed is not None:
+            check_seed(seed, "data seed")
         g = torch.Generator().manual_seed(self.seed if seed is None else seed)
         if n is not None and n < len(x):
             idx = torch.randperm(len(x), generator=g)[:n]
@@ -139,6 +150,7 @@ def task_option_defaults(name: str) -> dict:
     """The options `get_task(name, ...)` takes besides the seed, with their default values."""
     if name not in _REGISTRY:
         raise choice_error("task", name, _REGISTRY)
+    check_seed(seed)
     import inspect
 
     params = inspect.signature(_REGISTRY[name][0]).parameters

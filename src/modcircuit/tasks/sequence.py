@@ -54,6 +54,9 @@ class SequenceTask(Task):
 
     arch: dict = field(default_factory=dict)
 
+    def check_size(self, widths=None, max_parameters=None) -> None:
+        """Transformer sizes come from the task options, not widths (build_model refuses widths)."""
+
     def build_model(self, widths=None, activation=None) -> GeometricTransformer:
         if widths:
             raise ModcircuitError(

@@ -6,14 +6,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ModcircuitError, choice_error
+from ..limits import FLOAT_RANGES, SEED_MAX, STEPS_MAX, float_range_problem
 from .regimes import DEFAULT_REGIME, REGIMES
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are refused for every float; finite ranges are in limits.FLOAT_RANGES
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     regime: str = DEFAULT_REGIME
-    steps: int = Field(2000, ge=1)
+    steps: int = Field(2000, ge=1, le=STEPS_MAX)
     lr: float = Field(1e-3, gt=0)
     batch_size: int | None = Field(None, ge=1)  # None = full batch
     weight_decay: float = Field(0.0, ge=0)
@@ -29,7 +31,7 @@ class TrainConfig(BaseModel):
     swap_outputs: bool = False
     widths: list[int] | None = None
     activation: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     device: str = "cpu"
     log_every: int | None = Field(None, ge=1)
 
@@ -38,6 +40,14 @@ class TrainConfig(BaseModel):
     def _regime(cls, v):
         if v not in REGIMES:
             raise choice_error("regime", v, REGIMES)
+        return v
+
+    @field_validator(*FLOAT_RANGES)
+    @classmethod
+    def _in_range(cls, v, info):
+        problem = float_range_problem(info.field_name, v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("device")
@@ -53,8 +63,8 @@ class TrainConfig(BaseModel):
     @classmethod
     def _schedule(cls, v):
         for frac, mult in v:
-            if not (0 <= frac <= 1) or mult < 0:
-                raise ValueError(f"entry [{frac}, {mult}] needs 0 <= fraction <= 1 and multiplier >= 0")
+            if not (0 <= frac <= 1) or not (0 <= mult <= 1e6):
+                raise ValueError(f"entry [{frac}, {mult}] needs 0 <= fraction <= 1 and 0 <= multiplier <= 1e6")
         return v
 
 

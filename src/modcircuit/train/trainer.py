@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from ..errors import ModcircuitError
+from ..limits import check_seed
 from ..tasks import Task, get_task
 from .checkpoint import Run
 from .config import make_config
@@ -23,6 +24,35 @@ class TrainingDiverged(ModcircuitError):
     """The loss became NaN or infinite."""
 
 
+REFRESH_SECONDS = 0.5  # the progress line's figures are never older than this (plus one step)
+_clock = time.monotonic  # (a test replaces it)
+
+
+def _own_model(model: torch.nn.Module, task: Task) -> torch.nn.Module:
+    """The user's model as one the trainer can train on `task`: an MLP or transformer as is, a plain
+    nn.Sequential of Linear layers and activations converted to an MLP (a copy laid out like the task's)."""
+    from ..nn.mlp import MLP
+    from ..nn.transformer import GeometricTransformer
+
+    if isinstance(model, GeometricTransformer):
+        return model
+    if isinstance(model, torch.nn.Sequential):
+        widths = task.check_widths(MLP.from_sequential(model).widths)  # (the first import validates the layers)
+        model = MLP.from_sequential(model, task.layouts_for(widths))
+    if not isinstance(model, MLP):
+        raise ModcircuitError(
+            f"model of type {type(model).__name__} cannot be trained; allowed: modcircuit.MLP, GeometricTransformer, "
+            "or an nn.Sequential of Linear layers and activations (converted with MLP.from_sequential)"
+        )
+    task.check_widths(model.widths)
+    if bool(task.embedding) != (model.embedding is not None):
+        raise ModcircuitError(
+            f"task {task.name} {'feeds tokens through an embedding' if task.embedding else 'has no token embedding'}; "
+            f"the given model {'lacks' if task.embedding else 'has'} one: build it with task.build_model()"
+        )
+    return model
+
+
 def _progress(enabled: bool):
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -30,6 +60,13 @@ def _progress(enabled: bool):
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not enabled, transient=False,
     )
+
+
+def _info(loss: float, entry: dict | None, cost: float) -> str:
+    """The progress line's figures: this step's loss and cost, the test score of the last log."""
+    metric = "" if entry is None else ("test_accuracy" if "test_accuracy" in entry else "test_mse")
+    score = f" {metric[5:]} {entry[metric]:.3g}" if metric in (entry or {}) else ""
+    return f"loss {loss:.3g}{score} cost {cost:.3g}"
 
 
 def train(
@@ -42,13 +79,19 @@ def train(
     callback_every: int | None = None,
     model: torch.nn.Module | None = None,
     task_options: dict | None = None,
+    max_parameters: int | None = None,
     **overrides,
 ) -> Run:
     """Train a model on `task` under `regime`; every TrainConfig field can be overridden by keyword.
 
+    model: your own MLP, or a plain nn.Sequential of Linear layers and activations (trained as an MLP
+    copy laid out like the task's: run.model is that MLP; the Sequential itself is not changed).
+    max_parameters: refuse a model built from `widths` above this many parameters (default
+    limits.MAX_PARAMETERS, 10 million) before it is allocated.
     callback(step, model, info) runs after step 0 and then every `callback_every` steps (e.g. to
     draw animation frames); info has loss, cost, lam.
     """
+    check_seed(seed)
     task_options = dict(task_options or {})
     if isinstance(task, str):
         task = get_task(task, seed=seed, **task_options)
@@ -59,6 +102,10 @@ def train(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModcircuitError(f"device {cfg.device!r} requested but CUDA is not available; use --device cpu")
 
+    if model is None:
+        task.check_size(cfg.widths, max_parameters)
+    else:
+        model = _own_model(model, task)
     torch.manual_seed(seed)
     if model is None:
         model = task.build_model(cfg.widths, cfg.activation)
@@ -78,6 +125,7 @@ def train(
             return float(connection_cost(model, cfg.weight_factor, cfg.l0, cfg.agg))
 
     t0 = time.perf_counter()
+    shown_at, last_entry = _clock(), None
     with _progress(progress) as bar:
         bar_id = bar.add_task(f"{task.name}/{regime}/seed {seed}", total=cfg.steps, info="")
         for step in range(cfg.steps):
@@ -114,8 +162,11 @@ def train(
                 entry = {"step": step, "loss": loss.item(), "penalty": pen, "lam": lam, "cost": cost_now()}
                 entry.update({f"test_{k}": v for k, v in task.evaluate(model, "test").items() if k != "loss"})
                 history.append(entry)
-                metric = "test_accuracy" if "test_accuracy" in entry else "test_mse"
-                bar.update(bar_id, info=f"loss {entry['loss']:.3g} {metric[5:]} {entry[metric]:.3g} cost {entry['cost']:.3g}")
+                last_entry, shown_at = entry, _clock()
+                bar.update(bar_id, info=_info(entry["loss"], entry, entry["cost"]))
+            elif progress and _clock() - shown_at >= REFRESH_SECONDS:  # the figures of this step, not the last log's
+                shown_at = _clock()
+                bar.update(bar_id, info=_info(loss.item(), last_entry, cost_now()))
             if callback is not None and (step == 0 or (callback_every and (step + 1) % callback_every == 0)):
                 callback(step, model, {"loss": loss.item(), "cost": cost_now(), "lam": lam})
             bar.advance(bar_id)

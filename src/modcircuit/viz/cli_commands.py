@@ -8,7 +8,7 @@ A circuit found on another model than the checkpoint's is refused unless --allow
 """
 from __future__ import annotations
 
-import json
+from ..jsonout import dumps
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -74,7 +74,7 @@ def draw_cmd(
         result = {"out": str(written), "format": fmt, "interactive": False, "graph": "transformer",
                   "circuit_edges": circ.n_kept if circ is not None else None}
         extra = f", circuit {circ.n_kept} of {circ.n_edges} edges" if circ is not None else ""
-        typer.echo(json.dumps(result) if json_output else f"head-level drawing of {run}{extra} -> {written}")
+        typer.echo(dumps(result) if json_output else f"head-level drawing of {run}{extra} -> {written}")
         return
     if interactive_view:
         from .interactive import interactive
@@ -92,7 +92,7 @@ def draw_cmd(
               "edges_drawn": scene.n_drawn(), "weights": scene.n_weights,
               "circuit_edges": int(sum(int(e.kept.sum()) for e in scene.edges)) if circ is not None else None}
     if json_output:
-        typer.echo(json.dumps(result))
+        typer.echo(dumps(result))
     else:
         what = "interactive view" if interactive_view else "drawing"
         extra = f", circuit {result['circuit_edges']} edges" if circ is not None else ""
