@@ -80,11 +80,11 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     if metric is None:
         metric = task_metric(task) if task is not None else "kl"
     check_choice(metric, ablation)
-    if top_k is not None:
-        check_int("top_k", top_k, 1)  # the upper bound (the graph's edge count) once the graph is built
     graph_options = {k: options.pop(k) for k in kind.options if k in options}
     if positions is not None:
         graph_options["positions"] = positions
+    if top_k is not None:
+        check_top_k(top_k, kind.n_edges(model, **graph_options))
     allowed = set(inspect.signature(fn).parameters) - {"ctx", "threshold"}
     bad = [k for k in options if k not in allowed]
     if bad:
@@ -95,8 +95,6 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     t0 = time.perf_counter()
     ctx = kind.context(model, clean, corrupt, metric=metric, ablation=ablation, labels=labels, dtype=dtype,
                        **graph_options)
-    if top_k is not None:
-        check_top_k(top_k, ctx.graph.n_edges)
     res = fn(ctx, float(threshold), **options)
     seconds = time.perf_counter() - t0
     scores, mask, graph = kind.scores(ctx, res, method, task)

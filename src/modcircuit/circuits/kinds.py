@@ -46,6 +46,10 @@ class MLPKind:
         return scores, mask, graph
 
     @staticmethod
+    def n_edges(model, **graph_options) -> int:
+        return Graph.of(model).n_edges
+
+    @staticmethod
     def edges(ctx) -> None:
         return None  # every entry of the weight-shaped tensors is an edge
 
@@ -82,6 +86,12 @@ class TransformerKind:
         scores = [result.scores.detach().cpu().double()]
         mask = None if result.mask is None else [result.mask.detach().cpu().bool()]
         return scores, mask, ctx.graph
+
+    @staticmethod
+    def n_edges(model, split_qkv: bool = False, **graph_options) -> int:
+        from .graph import TransformerGraph
+
+        return TransformerGraph.of(model, split_qkv).n_edges
 
     @staticmethod
     def edges(ctx) -> list[torch.Tensor]:

@@ -150,7 +150,6 @@ def task_option_defaults(name: str) -> dict:
     """The options `get_task(name, ...)` takes besides the seed, with their default values."""
     if name not in _REGISTRY:
         raise choice_error("task", name, _REGISTRY)
-    check_seed(seed)
     import inspect
 
     params = inspect.signature(_REGISTRY[name][0]).parameters
@@ -163,6 +162,7 @@ def _unknown_option(name: str, key: str, accepted) -> ModcircuitError:
 
 def get_task(name: str, seed: int = 0, **options) -> Task:
     accepted = task_option_defaults(name)
+    check_seed(seed)
     for key in options:
         if key not in accepted:
             raise _unknown_option(name, key, accepted)
