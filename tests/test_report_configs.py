@@ -22,11 +22,13 @@ regimes = ["vanilla", "bimt"]
 seeds = [0, 1]
 methods = ["magnitude"]
 thresholds = [0.05]
+curves = false
 results = "r.duckdb"
 [train]
 steps = {steps}
 [profile]
 enabled = false
+fresh_process = false
 """
 
 
