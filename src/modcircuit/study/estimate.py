@@ -1,7 +1,8 @@
 """How long a study's pending units will take: an estimate from a tiny calibration run in this process.
 
 For every pending (task, regime) one calibration unit runs here, in process: the model is trained
-for a few steps (`CAL_STEPS`; a swapping regime gets two swap passes in them), then the unit's
+for a few steps (`CAL_STEPS`, logging as often as the real run; a swapping regime gets two swap
+passes in them), then the unit's
 circuits are discovered and the model profiled, exactly as the study would. From it:
 
     seconds per step    = (training seconds - swap seconds) / calibration steps
@@ -79,6 +80,8 @@ def estimate(units: list[Unit], workers: int = 1, say=None) -> Estimate:
             say(f"calibrating {rc.task}/{rc.regime} ({CAL_STEPS} steps, {len(u.circuits)} circuits"
                 f"{', profile' if u.profile else ''})")
         cfg = dict(rc.config, steps=min(CAL_STEPS, rc.config["steps"]))
+        # log (evaluate the model) as often as the real run does, not every step of this short one
+        cfg["log_every"] = rc.config.get("log_every") or max(1, rc.config["steps"] // 100)
         if _swap_passes(rc.config, rc.config["steps"]):
             cfg["swap_every"] = max(1, cfg["steps"] // 2)
         cal_run = RunCell(rc.task, rc.task_options, rc.regime, rc.seed, rc.overrides, cfg, key="calibration")
