@@ -30,11 +30,11 @@ import numpy as np
 
 from ..atomic import replace_dir, staging_dir
 from ..errors import ModcircuitError
-from .groups import annotate, circuit_setting, difference_labels, label_groups, run_setting
-from .stats import compare, holm, mean_ci
+from .claims import claims_section, tested_claims
+from .groups import annotate, circuit_setting, label_groups, run_setting
+from .stats import mean_ci
+from .values import fmt_ci, group_n, group_values, method_order, regime_order
 
-ALPHA = 0.05
-TARGET = "bimt"
 
 # (column, label, scale, lower_is_better or None)
 MAIN_CIRCUIT = [("logit_gap", "logit gap", 1, True), ("kl", "KL", 1, True), ("mse", "MSE to model", 1, True),
@@ -56,48 +56,6 @@ MORE_COMPUTE = [("test_accuracy", "model test acc.", 1, False), ("test_mse", "mo
                 ("n_params", "params", 1, None), ("n_nonzero", "non-zero params", 1, True),
                 ("connection_cost", "connection cost", 1, True)]
 
-# the study's claims: (id, statement, table, column, direction of BIMT vs baseline, per-method?)
-CLAIMS = [
-    ("faithful", "BIMT circuits are more faithful (lower logit gap)", "circuits", "logit_gap", "less", True),
-    ("sparse", "BIMT circuits are sparser (fewer edges kept)", "circuits", "n_kept", "less", True),
-    ("fast-discovery", "Circuit discovery is faster on BIMT models", "circuits", "seconds", "less", True),
-    ("memory", "BIMT training needs more memory (peak RSS)", "compute", "peak_rss_mb", "greater", False),
-    ("train-time", "BIMT training takes longer", "compute", "train_seconds", "greater", False),
-    ("inference-overhead", "The BIMT model is slower at inference (batch-1 latency)", "compute",
-     "latency_ms_median", "greater", False),
-    ("compact-speed", "The compacted BIMT circuit is faster at inference (batch-1 latency)", "circuits",
-     "compact_latency_ms_median", "less", True),
-]
-
-
-# ---- formatting ----------------------------------------------------------------------------------
-def fmt_num(v: float | None) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—"
-    a = abs(v)
-    if a == 0:
-        return "0"
-    if a >= 1e5 or a < 1e-3:
-        return f"{v:.2e}"
-    if a >= 100:
-        return f"{v:.0f}"
-    return f"{v:.3g}"
-
-
-def fmt_ci(s: dict, scale: float = 1, row_n: int | None = None) -> str:
-    """mean ± CI half-width; the cell's own n is shown when it is not the row's (a missing value)."""
-    if s["mean"] is None:
-        return "—"
-    own = f" (n={s['n']})" if s["n"] != row_n else ""
-    if s["half"] is None:
-        return f"{fmt_num(s['mean'] * scale)} (n=1)"
-    return f"{fmt_num(s['mean'] * scale)} ± {fmt_num(s['half'] * scale)}{own}"
-
-
-def fmt_p(p: float | None) -> str:
-    if p is None:
-        return "n/a"
-    return "<0.001" if p < 1e-3 else f"{p:.3f}"
 
 
 # ---- document blocks -------------------------------------------------------------------------------
@@ -217,21 +175,6 @@ def load_frames(results) -> dict:
     return frames
 
 
-def _regime_order(regimes) -> list[str]:
-    from ..train import REGIMES
-
-    order = [r for r in REGIMES if r in set(regimes)]
-    return order + sorted(set(regimes) - set(order))
-
-
-METHOD_ORDER = ("acdc", "acdc-plain", "eap", "eap-ig", "magnitude", "magnitude-act", "probing", "random")
-
-
-def _method_order(methods) -> list[str]:
-    order = [m for m in METHOD_ORDER if m in set(methods)]
-    return order + sorted(set(methods) - set(order))
-
-
 def _selection(row) -> str:
     ec = row.get("edge_count")
     if ec is not None and not (isinstance(ec, float) and math.isnan(ec)):
@@ -241,17 +184,6 @@ def _selection(row) -> str:
 
 def _present(df, cols):
     return [c for c in cols if c[0] in df.columns and df[c[0]].notna().any()]
-
-
-def _values(df, group, col):
-    """The values of one column in one group (regime and setting; see groups.py)."""
-    if df.empty or col not in df.columns:
-        return []
-    return [v for v in df.loc[df["group"] == group, col].tolist() if v is not None]
-
-
-def _group_n(df, group) -> int:
-    return int((df["group"] == group).sum()) if not df.empty else 0
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -350,8 +282,8 @@ def build_report(results, out, *, title: str | None = None, figures: bool = True
         tasks = list(dict.fromkeys(runs["task"].tolist()))
         figs: list[Path] = []
         tables = {}
-        claim_rows = _claims(tasks, compute, circuits)
-        _claims_section(doc, claim_rows)
+        claim_rows = tested_claims(tasks, compute, circuits)
+        claims_section(doc, claim_rows)
         for task in tasks:
             tables[task] = _task_section(doc, task, compute[compute["task"] == task],
                                          circuits[circuits["task"] == task] if not circuits.empty else circuits,
@@ -372,10 +304,10 @@ def _stat_table(df, groups, cols, label_col="regime") -> tuple[list[str], list[l
     header = [label_col] + [c[1] for c in cols]
     rows = []
     for g in groups:
-        n = _group_n(df, g)
+        n = group_n(df, g)
         cells = [f"{g} (n={n})"]
         for col, _, scale, _ in cols:
-            cells.append(fmt_ci(mean_ci(_values(df, g, col)), scale, n))
+            cells.append(fmt_ci(mean_ci(group_values(df, g, col)), scale, n))
         rows.append(cells)
     return header, rows
 
@@ -383,34 +315,34 @@ def _stat_table(df, groups, cols, label_col="regime") -> tuple[list[str], list[l
 def _task_section(doc: Doc, task, comp, circ, tmp: Path, figs: list, artifacts: Path, figures: bool):
     anchor = f"task-{task}"
     doc.h(2, f"Task: {task}", anchor)
-    comp, groups = label_groups(comp, _regime_order(comp["regime"].unique()))
-    methods = _method_order(circ["method"].unique()) if not circ.empty else []
+    comp, groups = label_groups(comp, regime_order(comp["regime"].unique()))
+    methods = method_order(circ["method"].unique()) if not circ.empty else []
     main_header, main_rows = None, None
     if methods:
         m0 = methods[0]
         sel0 = sorted(circ.loc[circ["method"] == m0, "selection"].unique())[0]
         c0, cgroups = label_groups(circ[(circ["method"] == m0) & (circ["selection"] == sel0)],
-                                   _regime_order(circ["regime"].unique()))
+                                   regime_order(circ["regime"].unique()))
         ccols, kcols = _present(c0, MAIN_CIRCUIT), _present(comp, MAIN_COMPUTE)
         header = ["regime"] + [f"{c[1]}" for c in ccols] + [c[1] for c in kcols]
         extra = _present(c0, [("compact_latency_ms_median", "circuit latency ms", 1, True)])
         header += [c[1] for c in extra]
         rows = []
         for g in cgroups:
-            n = _group_n(c0, g)
+            n = group_n(c0, g)
             # the compute columns average exactly the runs whose circuits make this row
             runs_g = comp[comp["key"].isin(c0.loc[c0["group"] == g, "run_key"])].assign(group=g)
             row = [f"{g} (n={n})"]
-            row += [fmt_ci(mean_ci(_values(c0, g, c[0])), c[2], n) for c in ccols]
-            row += [fmt_ci(mean_ci(_values(runs_g, g, c[0])), c[2], n) for c in kcols]
-            row += [fmt_ci(mean_ci(_values(c0, g, c[0])), c[2], n) for c in extra]
+            row += [fmt_ci(mean_ci(group_values(c0, g, c[0])), c[2], n) for c in ccols]
+            row += [fmt_ci(mean_ci(group_values(runs_g, g, c[0])), c[2], n) for c in kcols]
+            row += [fmt_ci(mean_ci(group_values(c0, g, c[0])), c[2], n) for c in extra]
             rows.append(row)
         doc.table(header, rows, f"{task}: circuit ({m0}, {sel0}) and compute, mean ± 95% CI over seeds")
         main_header, main_rows = header, rows
         for m in methods:
             for sel in sorted(circ.loc[circ["method"] == m, "selection"].unique()):
                 cm, mgroups = label_groups(circ[(circ["method"] == m) & (circ["selection"] == sel)],
-                                           _regime_order(circ["regime"].unique()))
+                                           regime_order(circ["regime"].unique()))
                 cols = _present(cm, MAIN_CIRCUIT + MORE_CIRCUIT)
                 h, rs = _stat_table(cm, mgroups, cols)
                 doc.h(3, f"{task}: {m} ({sel})")
@@ -447,7 +379,7 @@ def _figures(doc, task, comp, circ, groups, methods, tmp, figs, artifacts):
     for m in methods:
         sel = sorted(circ.loc[circ["method"] == m, "selection"].unique())[0]
         by_method[m] = label_groups(circ[(circ["method"] == m) & (circ["selection"] == sel)],
-                                    _regime_order(circ["regime"].unique()))
+                                    regime_order(circ["regime"].unique()))
     for m in methods:
         cm, cgroups = by_method[m]
         if "curve" not in cm.columns:
@@ -491,10 +423,10 @@ def _figures(doc, task, comp, circ, groups, methods, tmp, figs, artifacts):
     for col, label in (("train_seconds", "training s"), ("peak_rss_mb", "peak RSS MB"),
                        ("latency_ms_median", "latency ms (batch 1)")):
         if col in comp.columns and comp[col].notna().any():
-            bars[label] = {r: _values(comp, r, col) for r in groups}
+            bars[label] = {r: group_values(comp, r, col) for r in groups}
     if methods and "seconds" in circ.columns:
         cm, cgroups = by_method[methods[0]]
-        bars[f"{methods[0]} discovery s"] = {r: _values(cm, r, "seconds") for r in cgroups}
+        bars[f"{methods[0]} discovery s"] = {r: group_values(cm, r, "seconds") for r in cgroups}
     if bars:
         fig = plots.compute_bars(bars, title=f"{task}: cost by regime (mean ± 95% CI)")
         doc.img(_save(fig, tmp, f"{safe}-compute.png", figs), f"{task}: compute cost by regime")
@@ -534,91 +466,6 @@ def _drawings(doc, task, comp, circ, groups, method, tmp, figs, artifacts):
         doc.img(_save(fig, tmp, f"{task.replace('/', '_')}-{r}-network.png", figs),
                 f"{task}, {g}, seed {run_row['seed']}: network with the {method} circuit overlaid "
                 f"({int(cs.iloc[0]['n_kept'])} of {int(cs.iloc[0]['n_edges'])} edges)")
-
-
-# ---- claims --------------------------------------------------------------------------------------
-def _claims(tasks, compute, circuits) -> list[dict]:
-    rows = []
-    for cid, statement, table, col, direction, per_method in CLAIMS:
-        for task in tasks:
-            if table == "circuits":
-                if circuits.empty or col not in circuits.columns:
-                    continue
-                df_t = circuits[circuits["task"] == task]
-                groups = [(m, s, df_t[(df_t["method"] == m) & (df_t["selection"] == s)])
-                          for m in _method_order(df_t["method"].unique())
-                          for s in sorted(df_t.loc[df_t["method"] == m, "selection"].unique())]
-            else:
-                if col not in compute.columns:
-                    continue
-                groups = [(None, None, compute[compute["task"] == task])]
-            for m, sel, df_all in groups:
-                if df_all.empty:
-                    continue
-                labels = difference_labels([json.loads(x) for x in df_all["setting"].unique()])
-                # BIMT is compared only with baselines of the same setting (groups.py)
-                for sid in sorted(df_all["setting"].unique(), key=lambda x: (labels[x], x)):
-                    df = df_all[df_all["setting"] == sid].assign(group=lambda d: d["regime"])
-                    regimes = _regime_order(df["regime"].unique())
-                    a = _values(df, TARGET, col)
-                    if TARGET not in regimes or not a:
-                        continue
-                    stale = bool(df["stale"].any())
-                    config = "; ".join(t for t in (labels[sid], "stale" if stale else "") if t)
-                    for base in regimes:
-                        b = _values(df, base, col)
-                        if base == TARGET or not b:
-                            continue
-                        res = compare(a, b, direction)
-                        rows.append({"claim": cid, "statement": statement, "task": task, "method": m,
-                                     "selection": sel, "config": config, "baseline": base, "metric": col,
-                                     "direction": direction, **res})
-    adj = holm([r["p_welch"] for r in rows])
-    adj_rev = holm([r["p_welch_reverse"] for r in rows])
-    for r, p, q in zip(rows, adj, adj_rev):
-        r["p_holm"], r["p_holm_reverse"] = p, q
-        if p is not None and p < ALPHA:
-            r["verdict"] = "holds"
-        elif q is not None and q < ALPHA:
-            r["verdict"] = "opposite"
-        elif p is None:
-            r["verdict"] = "untestable"
-        else:
-            r["verdict"] = "not shown"
-    return rows
-
-
-def _claims_section(doc: Doc, rows: list[dict]):
-    doc.h(2, "Claims", "claims")
-    doc.p(f"Each claim compares BIMT with each baseline regime on per-seed values: one-sided Welch t-test "
-          f"in the claimed direction, Holm-corrected over all {len(rows)} tests in this report (alpha {ALPHA}). "
-          f"'holds': the corrected p is below alpha; 'opposite': the reverse one-sided test is significant "
-          f"after correction; 'not shown': neither; 'untestable': fewer than two seeds per group. "
-          f"Mann-Whitney U p values are given beside (with n seeds per group its smallest possible value is "
-          f"1/C(2n, n), e.g. 0.167 for n=2, 0.004 for n=5).")
-    if not rows:
-        doc.p("No claim could be tested: the results need a bimt regime and at least one baseline.")
-        return
-    summary = []
-    for cid, statement, *_ in CLAIMS:
-        rs = [r for r in rows if r["claim"] == cid]
-        if not rs:
-            continue
-        k = sum(r["verdict"] == "holds" for r in rs)
-        o = sum(r["verdict"] == "opposite" for r in rs)
-        summary.append(f"{statement}: holds in {k} of {len(rs)} comparisons, opposite in {o}.")
-    doc.ul(summary)
-    header = ["claim", "task", "method", "baseline", "bimt mean", "baseline mean", "ratio", "p Welch",
-              "p Holm", "p MWU", "verdict"]
-    table = []
-    for r in rows:
-        where = "" if r["method"] is None else f"{r['method']} ({r['selection']})"
-        if r.get("config"):
-            where = f"{where} [{r['config']}]".strip()
-        table.append([r["statement"], r["task"], where, r["baseline"], fmt_num(r["mean_a"]), fmt_num(r["mean_b"]), fmt_num(r["ratio"]),
-                      fmt_p(r["p_welch"]), fmt_p(r["p_holm"]), fmt_p(r["p_mwu"]),
-                      f"{r['verdict']} (n={r['n_a']} vs {r['n_b']})"])
-    doc.table(header, table, "BIMT against each baseline; ratio = BIMT mean / baseline mean")
 
 
 def _method_notes(doc: Doc):

@@ -115,13 +115,24 @@ def report_cmd(
 
     rep = build_report(results, out, title=title, figures=not no_figures, include_stale=all_cells)
     if json_output:
-        typer.echo(json.dumps({"html": str(rep.html), "markdown": str(rep.markdown),
-                               "figures": [str(p) for p in rep.figures], "claims": rep.claims,
-                               "note": rep.note, "stale_cells": rep.stale},
-                              indent=1, default=_json_default))
+        typer.echo(json.dumps(_finite({"html": str(rep.html), "markdown": str(rep.markdown),
+                                       "figures": [str(p) for p in rep.figures], "claims": rep.claims,
+                                       "note": rep.note, "stale_cells": rep.stale}),
+                              indent=1, default=_json_default, allow_nan=False))
         return
     print_report_tables(rep)
     typer.echo(f"report: {rep.html} and {rep.markdown} ({len(rep.figures)} figures)")
+
+
+def _finite(o):
+    """NaN and infinities as null: JSON has no such numbers (Python would write bare NaN)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _json_default(o):
