@@ -80,6 +80,8 @@ def test_damaged_results_file_is_one_line_for_report_and_study(tmp_path, capsys,
     ({"task": "incontext-regression", "methods": '["magnitude-act"]'}, "method 'magnitude-act' does not support"),
     ({"methods": '["acdc", "telepathy"]'}, "unknown method 'telepathy'"),
     ({"results": "afile/r.duckdb"}, "afile' is a file, not a folder"),
+    ({"extra": 'device = "cuda:99"'}, "device 'cuda:99'"),
+    ({"extra": 'device = "gpu"'}, "invalid device='gpu'"),
 ])
 def test_bad_study_refused_at_dry_run_and_run(tmp_path, capsys, kw, needle):
     (tmp_path / "afile").write_text("mine")

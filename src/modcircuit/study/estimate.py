@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
+from ..errors import ModcircuitError
 from .spec import RunCell, Unit
 
 CAL_STEPS = 40
@@ -87,7 +88,10 @@ def estimate(units: list[Unit], workers: int = 1, say=None) -> Estimate:
         cal_run = RunCell(rc.task, rc.task_options, rc.regime, rc.seed, rc.overrides, cfg, key="calibration")
         cal = replace(u, run=cal_run, run_done=False, checkpoint=None, fresh_process=False)
         t0 = time.perf_counter()
-        out = run_unit(cal)
+        try:
+            out = run_unit(cal)
+        except ModcircuitError as e:
+            raise ModcircuitError(f"calibration run of {rc.task}/{rc.regime} failed: {e}") from None
         total = time.perf_counter() - t0
         row = out["rows"]["runs"][0]
         passes = _swap_passes(cfg, cfg["steps"])

@@ -416,6 +416,20 @@ def resolve_tasks(spec: StudySpec) -> tuple[dict[str, str], dict[str, str]]:
     return used, subs
 
 
+def check_device(device: str) -> None:
+    import torch
+
+    from ..train.config import make_config
+
+    make_config({}, {"device": device})  # the format: cpu, cuda, cuda:N, mps
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModcircuitError(f"device {device!r}: CUDA is not available here; use device = \"cpu\"")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise ModcircuitError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModcircuitError("device 'mps' is not available here; use device = \"cpu\"")
+
+
 def check_task_fits(spec: StudySpec, named: str, task, cfg) -> None:
     """What training or discovery would refuse later, refused now: the widths and activation of the
     model (built on the meta device: no memory), methods the task's model type has."""
@@ -444,6 +458,7 @@ def plan(spec: StudySpec) -> Plan:
     from ..tasks import get_task
     from ..train.config import make_config
 
+    check_device(spec.device)
     used, subs = resolve_tasks(spec)
     runs, circuits, profiles = [], [], []
     for named in spec.tasks:
