@@ -9,6 +9,12 @@ where the task has ground truth, compute bars, and network drawings with the cir
 Then the claims: each claim of the study tested per task (and method) against every baseline
 regime with a one-sided Welch t-test over seeds (Mann-Whitney U beside it), Holm-corrected over all
 tests in the report; the verdict says what the data say, whichever way.
+
+Every statistic is computed inside one configuration (groups.py): rows of another setting of the
+same regime (say, the 300-step runs of a study now at 400 steps) are never averaged in. By default
+the report shows the cells of the studies recorded in the file and counts the rest as stale;
+`include_stale=True` (`modcircuit report --all`) shows them as their own rows, labelled by what
+differs. Every n printed is the number of values averaged.
 """
 from __future__ import annotations
 
@@ -25,10 +31,11 @@ import numpy as np
 from ..atomic import replace_dir, staging_dir
 from ..outputs import check_output, prepare_output, write_report_marker
 from ..errors import ModcircuitError
-from .stats import compare, holm, mean_ci
+from .claims import claims_section, tested_claims
+from .groups import annotate, circuit_setting, label_groups, run_setting
+from .stats import mean_ci
+from .values import fmt_ci, group_n, group_values, method_order, regime_order
 
-ALPHA = 0.05
-TARGET = "bimt"
 
 # (column, label, scale, lower_is_better or None)
 MAIN_CIRCUIT = [("logit_gap", "logit gap", 1, True), ("kl", "KL", 1, True), ("mse", "MSE to model", 1, True),
@@ -50,46 +57,6 @@ MORE_COMPUTE = [("test_accuracy", "model test acc.", 1, False), ("test_mse", "mo
                 ("n_params", "params", 1, None), ("n_nonzero", "non-zero params", 1, True),
                 ("connection_cost", "connection cost", 1, True)]
 
-# the study's claims: (id, statement, table, column, direction of BIMT vs baseline, per-method?)
-CLAIMS = [
-    ("faithful", "BIMT circuits are more faithful (lower logit gap)", "circuits", "logit_gap", "less", True),
-    ("sparse", "BIMT circuits are sparser (fewer edges kept)", "circuits", "n_kept", "less", True),
-    ("fast-discovery", "Circuit discovery is faster on BIMT models", "circuits", "seconds", "less", True),
-    ("memory", "BIMT training needs more memory (peak RSS)", "compute", "peak_rss_mb", "greater", False),
-    ("train-time", "BIMT training takes longer", "compute", "train_seconds", "greater", False),
-    ("inference-overhead", "The BIMT model is slower at inference (batch-1 latency)", "compute",
-     "latency_ms_median", "greater", False),
-    ("compact-speed", "The compacted BIMT circuit is faster at inference (batch-1 latency)", "circuits",
-     "compact_latency_ms_median", "less", True),
-]
-
-
-# ---- formatting ----------------------------------------------------------------------------------
-def fmt_num(v: float | None) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—"
-    a = abs(v)
-    if a == 0:
-        return "0"
-    if a >= 1e5 or a < 1e-3:
-        return f"{v:.2e}"
-    if a >= 100:
-        return f"{v:.0f}"
-    return f"{v:.3g}"
-
-
-def fmt_ci(s: dict, scale: float = 1) -> str:
-    if s["mean"] is None:
-        return "—"
-    if s["half"] is None:
-        return f"{fmt_num(s['mean'] * scale)} (n=1)"
-    return f"{fmt_num(s['mean'] * scale)} ± {fmt_num(s['half'] * scale)}"
-
-
-def fmt_p(p: float | None) -> str:
-    if p is None:
-        return "n/a"
-    return "<0.001" if p < 1e-3 else f"{p:.3f}"
 
 
 # ---- document blocks -------------------------------------------------------------------------------
@@ -203,23 +170,10 @@ def load_frames(results) -> dict:
     with Store(path, read_only=True) as s:
         frames = {t: s.df(t) for t in ("runs", "circuits", "profiles")}
         frames["artifacts"] = s.artifacts
+        frames["manifest"] = s.manifest()
     if frames["runs"].empty:
         raise ModcircuitError(f"results file {str(path)!r} holds no runs yet")
     return frames
-
-
-def _regime_order(regimes) -> list[str]:
-    from ..train import REGIMES
-
-    order = [r for r in REGIMES if r in set(regimes)]
-    return order + sorted(set(regimes) - set(order))
-
-
-def _method_order(methods) -> list[str]:
-    from ..study.spec import METHODS
-
-    order = [m for m in METHODS if m in set(methods)]
-    return order + sorted(set(methods) - set(order))
 
 
 def _selection(row) -> str:
@@ -233,12 +187,6 @@ def _present(df, cols):
     return [c for c in cols if c[0] in df.columns and df[c[0]].notna().any()]
 
 
-def _values(df, regime, col):
-    if df.empty or col not in df.columns:
-        return []
-    return [v for v in df.loc[df["regime"] == regime, col].tolist() if v is not None]
-
-
 # ---- report ----------------------------------------------------------------------------------------
 @dataclass
 class Report:
@@ -248,22 +196,76 @@ class Report:
     figures: list[Path]
     claims: list[dict]
     tables: dict  # task -> (header, rows) of the main comparison table
+    note: str = ""  # what the report shows of the file (current / stale cells)
+    stale: dict = field(default_factory=dict)  # table -> stale cells in the file
 
 
-def build_report(results, out, *, title: str | None = None, figures: bool = True, overwrite: bool = False) -> Report:
-    """Write the report folder `out`; an existing one is replaced only with overwrite=True and only if it
+def _select(frames: dict, include_stale: bool) -> tuple[dict, dict, str]:
+    """Annotate every row with its setting and staleness; drop stale rows unless asked.
+    Returns (frames, stale counts per table, a sentence saying what is shown)."""
+    manifest = frames["manifest"]
+    keys = manifest["keys"] if manifest else {}
+    runs = frames["runs"]
+    run_settings = {r["key"]: run_setting(r) for r in runs.to_dict("records")}
+    out = dict(frames)
+    out["runs"] = annotate(runs, [run_settings[k] for k in runs["key"]], keys.get("runs") if manifest else None)
+    circ = frames["circuits"]
+    if not circ.empty:
+        out["circuits"] = annotate(circ, [circuit_setting(r, run_settings) for r in circ.to_dict("records")],
+                                   keys.get("circuits") if manifest else None)
+    prof = frames["profiles"]
+    if not prof.empty:
+        out["profiles"] = annotate(prof, [{} for _ in range(len(prof))], keys.get("profiles") if manifest else None)
+    stale = {t: int(out[t]["stale"].sum()) for t in ("runs", "circuits", "profiles") if not out[t].empty}
+    n_stale = sum(stale.values())
+    if manifest is None:
+        note = ("This results file predates study manifests, so it does not say which cells are current: every "
+                "cell is shown, and cells of different configurations are separate rows (labelled by what "
+                "differs). Running its study again records the manifest (finished cells are not recomputed).")
+    else:
+        parts = ", ".join(f"{v} {t[:-1] if v == 1 else t}" for t, v in stale.items() if v)
+        studies = ", ".join(manifest["studies"]) or "—"
+        if not n_stale:
+            note = f"Cells of the current version of study {studies}; the file holds no stale cells."
+        elif include_stale:
+            note = (f"Cells of study {studies} and {n_stale} stale cells ({parts}) from earlier versions, "
+                    f"shown as their own rows marked 'stale' and labelled by what differs.")
+        else:
+            note = (f"Cells of the current version of study {studies}. The results file also holds {n_stale} "
+                    f"stale cells ({parts}) from earlier versions of the study; they are left out "
+                    f"(modcircuit report --all shows them as their own rows).")
+    if manifest is not None and not include_stale:
+        for t in ("runs", "circuits", "profiles"):
+            if not out[t].empty:
+                out[t] = out[t][~out[t]["stale"]]
+    return out, stale, note
+
+
+def _compute_frame(runs, profiles):
+    """One row per run: its training figures and (when profiled) its profile; a run profiled under
+    several profile settings takes its current (else latest) profile, never several."""
+    if profiles.empty:
+        return runs.copy()
+    prof = profiles.sort_values(["stale", "created_at"] if "created_at" in profiles else ["stale"],
+                                ascending=[False, True] if "created_at" in profiles else [False])
+    prof = prof.drop_duplicates("run_key", keep="last")
+    keep = [c for c in prof.columns if c not in ("key", "study", "task", "regime", "seed", "created_at",
+                                                 "n_params", "n_nonzero", "setting", "stale")]
+    return runs.merge(prof[keep], how="left", left_on="key", right_on="run_key")
+
+
+def build_report(results, out, *, title: str | None = None, figures: bool = True,
+                 include_stale: bool = False, overwrite: bool = False) -> Report:
+    """Write the report folder `out` from a results file: the current study's cells (include_stale: also
+    stale cells, as their own rows). An existing `out` is replaced only with overwrite=True and only if it
     is a report modcircuit wrote, with no file added since (see modcircuit.outputs)."""
-    import pandas as pd
-
     final = check_output(out, "report", overwrite=overwrite)  # before reading the results
-
     frames = load_frames(results)
+    frames, stale, note = _select(frames, include_stale)
     runs, circuits, profiles = frames["runs"], frames["circuits"], frames["profiles"]
-    compute = runs.copy()
-    if not profiles.empty:
-        keep = [c for c in profiles.columns if c not in ("key", "study", "task", "regime", "seed", "created_at",
-                                                         "n_params", "n_nonzero")]
-        compute = compute.merge(profiles[keep], how="left", left_on="key", right_on="run_key")
+    if runs.empty:
+        raise ModcircuitError(f"results file {str(results)!r} holds no current runs; {note}")
+    compute = _compute_frame(runs, profiles)
     if not circuits.empty:
         circuits = circuits.copy()
         circuits["selection"] = [_selection(r) for r in circuits.to_dict("records")]
@@ -277,13 +279,16 @@ def build_report(results, out, *, title: str | None = None, figures: bool = True
         doc.h(1, title)
         studies = sorted(set(runs["study"].dropna())) if "study" in runs else []
         doc.p(f"Results file {results}: {len(runs)} trained models, {len(circuits)} circuits, {len(profiles)} "
-              f"profiles (studies: {', '.join(studies) or '—'}). Cells show mean ± half-width of the 95% "
-              f"confidence interval over seeds (Student t, n-1 degrees of freedom); n=1 means a single seed.")
+              f"profiles shown (studies: {', '.join(studies) or '—'}). Cells show mean ± half-width of the 95% "
+              f"confidence interval over seeds (Student t, n-1 degrees of freedom); n is the number of values "
+              f"averaged (one per seed); n=1 means a single seed. Each row is one configuration: values of "
+              f"different configurations are never averaged together.")
+        doc.p(note)
         tasks = list(dict.fromkeys(runs["task"].tolist()))
         figs: list[Path] = []
         tables = {}
-        claim_rows = _claims(tasks, compute, circuits)
-        _claims_section(doc, claim_rows)
+        claim_rows = tested_claims(tasks, compute, circuits)
+        claims_section(doc, claim_rows)
         for task in tasks:
             tables[task] = _task_section(doc, task, compute[compute["task"] == task],
                                          circuits[circuits["task"] == task] if not circuits.empty else circuits,
@@ -298,19 +303,17 @@ def build_report(results, out, *, title: str | None = None, figures: bool = True
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     figs = [final / p.relative_to(tmp) for p in figs]
-    del pd
-    return Report(final, final / "index.html", final / "report.md", figs, claim_rows, tables)
+    return Report(final, final / "index.html", final / "report.md", figs, claim_rows, tables, note, stale)
 
 
-def _stat_table(df, regimes, cols, label_col="regime") -> tuple[list[str], list[list[str]]]:
+def _stat_table(df, groups, cols, label_col="regime") -> tuple[list[str], list[list[str]]]:
     header = [label_col] + [c[1] for c in cols]
     rows = []
-    for r in regimes:
-        cells = [r]
+    for g in groups:
+        n = group_n(df, g)
+        cells = [f"{g} (n={n})"]
         for col, _, scale, _ in cols:
-            cells.append(fmt_ci(mean_ci(_values(df, r, col)), scale))
-        n = len(set(df.loc[df["regime"] == r, "seed"].tolist())) if not df.empty else 0
-        cells[0] = f"{r} (n={n})"
+            cells.append(fmt_ci(mean_ci(group_values(df, g, col)), scale, n))
         rows.append(cells)
     return header, rows
 
@@ -318,43 +321,47 @@ def _stat_table(df, regimes, cols, label_col="regime") -> tuple[list[str], list[
 def _task_section(doc: Doc, task, comp, circ, tmp: Path, figs: list, artifacts: Path, figures: bool):
     anchor = f"task-{task}"
     doc.h(2, f"Task: {task}", anchor)
-    regimes = _regime_order(comp["regime"].unique())
-    methods = _method_order(circ["method"].unique()) if not circ.empty else []
+    comp, groups = label_groups(comp, regime_order(comp["regime"].unique()))
+    methods = method_order(circ["method"].unique()) if not circ.empty else []
     main_header, main_rows = None, None
     if methods:
         m0 = methods[0]
         sel0 = sorted(circ.loc[circ["method"] == m0, "selection"].unique())[0]
-        c0 = circ[(circ["method"] == m0) & (circ["selection"] == sel0)]
+        c0, cgroups = label_groups(circ[(circ["method"] == m0) & (circ["selection"] == sel0)],
+                                   regime_order(circ["regime"].unique()))
         ccols, kcols = _present(c0, MAIN_CIRCUIT), _present(comp, MAIN_COMPUTE)
         header = ["regime"] + [f"{c[1]}" for c in ccols] + [c[1] for c in kcols]
         extra = _present(c0, [("compact_latency_ms_median", "circuit latency ms", 1, True)])
         header += [c[1] for c in extra]
         rows = []
-        for r in regimes:
-            n = len(set(comp.loc[comp["regime"] == r, "seed"]))
-            row = [f"{r} (n={n})"]
-            row += [fmt_ci(mean_ci(_values(c0, r, c[0])), c[2]) for c in ccols]
-            row += [fmt_ci(mean_ci(_values(comp, r, c[0])), c[2]) for c in kcols]
-            row += [fmt_ci(mean_ci(_values(c0, r, c[0])), c[2]) for c in extra]
+        for g in cgroups:
+            n = group_n(c0, g)
+            # the compute columns average exactly the runs whose circuits make this row
+            runs_g = comp[comp["key"].isin(c0.loc[c0["group"] == g, "run_key"])].assign(group=g)
+            row = [f"{g} (n={n})"]
+            row += [fmt_ci(mean_ci(group_values(c0, g, c[0])), c[2], n) for c in ccols]
+            row += [fmt_ci(mean_ci(group_values(runs_g, g, c[0])), c[2], n) for c in kcols]
+            row += [fmt_ci(mean_ci(group_values(c0, g, c[0])), c[2], n) for c in extra]
             rows.append(row)
         doc.table(header, rows, f"{task}: circuit ({m0}, {sel0}) and compute, mean ± 95% CI over seeds")
         main_header, main_rows = header, rows
         for m in methods:
             for sel in sorted(circ.loc[circ["method"] == m, "selection"].unique()):
-                cm = circ[(circ["method"] == m) & (circ["selection"] == sel)]
+                cm, mgroups = label_groups(circ[(circ["method"] == m) & (circ["selection"] == sel)],
+                                           regime_order(circ["regime"].unique()))
                 cols = _present(cm, MAIN_CIRCUIT + MORE_CIRCUIT)
-                h, rs = _stat_table(cm, regimes, cols)
+                h, rs = _stat_table(cm, mgroups, cols)
                 doc.h(3, f"{task}: {m} ({sel})")
                 doc.table(h, rs)
     doc.h(3, f"{task}: training and inference cost")
-    h, rs = _stat_table(comp, regimes, _present(comp, MORE_COMPUTE + MAIN_COMPUTE))
+    h, rs = _stat_table(comp, groups, _present(comp, MORE_COMPUTE + MAIN_COMPUTE))
     doc.table(h, rs, "peak RSS: peak resident set of a fresh process that only trains (interpreter and torch "
                      "included); train RSS: its growth during training; latency: batch 1, per-model median of "
                      "many calls; throughput: examples/s at a large batch")
     if main_header is None:
         main_header, main_rows = h, rs
     if figures:
-        _figures(doc, task, comp, circ, regimes, methods, tmp, figs, artifacts)
+        _figures(doc, task, comp, circ, groups, methods, tmp, figs, artifacts)
     return main_header, main_rows
 
 
@@ -365,20 +372,27 @@ def _save(fig, tmp: Path, name: str, figs: list) -> str:
     return f"figures/{name}"
 
 
-def _figures(doc, task, comp, circ, regimes, methods, tmp, figs, artifacts):
+def _figures(doc, task, comp, circ, groups, methods, tmp, figs, artifacts):
+    """Figures per group (regime and setting, as the tables); circuit figures use each method's first
+    selection, so one run's curve is never counted twice."""
     try:
         from ..viz import plots
     except ImportError as e:  # pictures are optional; the tables are the report
         doc.p(f"(figures unavailable: {e})")
         return
     safe = task.replace("/", "_")
+    by_method = {}
     for m in methods:
-        cm = circ[circ["method"] == m]
+        sel = sorted(circ.loc[circ["method"] == m, "selection"].unique())[0]
+        by_method[m] = label_groups(circ[(circ["method"] == m) & (circ["selection"] == sel)],
+                                    regime_order(circ["regime"].unique()))
+    for m in methods:
+        cm, cgroups = by_method[m]
         if "curve" not in cm.columns:
             continue
         curves = {}
-        for r in regimes:
-            cs = [json.loads(c) for c in cm.loc[cm["regime"] == r, "curve"].dropna()]
+        for r in cgroups:
+            cs = [json.loads(c) for c in cm.loc[cm["group"] == r, "curve"].dropna()]
             if not cs:
                 continue
             edges = cs[0]["edges"]
@@ -386,7 +400,7 @@ def _figures(doc, task, comp, circ, regimes, methods, tmp, figs, artifacts):
             ys = np.array([[np.nan if v is None else v for v in c["faithfulness"]] for c in same], dtype=float)
             with np.errstate(all="ignore"):
                 mean = np.nanmean(ys, axis=0) if ys.size else ys
-            areas = [a for a in cm.loc[cm["regime"] == r, "curve_area"].tolist() if a is not None] \
+            areas = [a for a in cm.loc[cm["group"] == r, "curve_area"].tolist() if a is not None] \
                 if "curve_area" in cm else []
             curves[f"{r} (n={len(same)})"] = {"edges": edges, "faithfulness": [None if not np.isfinite(v) else float(v) for v in mean],
                                               **({"area": float(np.nanmean(areas))} if areas else {})}
@@ -396,8 +410,8 @@ def _figures(doc, task, comp, circ, regimes, methods, tmp, figs, artifacts):
                     f"{task}, {m}: normalized faithfulness of the top-n edges by score, mean over seeds per regime")
         if "roc_inputs" in cm.columns and cm["roc_inputs"].notna().any():
             rocs = {}
-            for r in regimes:
-                sub = cm[(cm["regime"] == r) & cm["roc_inputs"].notna()].sort_values("seed")
+            for r in cgroups:
+                sub = cm[(cm["group"] == r) & cm["roc_inputs"].notna()].sort_values("seed")
                 if sub.empty:
                     continue
                 first = json.loads(sub["roc_inputs"].iloc[0])
@@ -415,17 +429,19 @@ def _figures(doc, task, comp, circ, regimes, methods, tmp, figs, artifacts):
     for col, label in (("train_seconds", "training s"), ("peak_rss_mb", "peak RSS MB"),
                        ("latency_ms_median", "latency ms (batch 1)")):
         if col in comp.columns and comp[col].notna().any():
-            bars[label] = {r: _values(comp, r, col) for r in regimes}
+            bars[label] = {r: group_values(comp, r, col) for r in groups}
     if methods and "seconds" in circ.columns:
-        bars[f"{methods[0]} discovery s"] = {r: _values(circ[circ["method"] == methods[0]], r, "seconds") for r in regimes}
+        cm, cgroups = by_method[methods[0]]
+        bars[f"{methods[0]} discovery s"] = {r: group_values(cm, r, "seconds") for r in cgroups}
     if bars:
         fig = plots.compute_bars(bars, title=f"{task}: cost by regime (mean ± 95% CI)")
         doc.img(_save(fig, tmp, f"{safe}-compute.png", figs), f"{task}: compute cost by regime")
     if methods:
-        _drawings(doc, task, comp, circ, regimes, methods[0], tmp, figs, artifacts)
+        _drawings(doc, task, comp, by_method[methods[0]][0], by_method[methods[0]][1], methods[0], tmp, figs,
+                  artifacts)
 
 
-def _drawings(doc, task, comp, circ, regimes, method, tmp, figs, artifacts):
+def _drawings(doc, task, comp, circ, groups, method, tmp, figs, artifacts):
     try:
         from ..circuits.circuit import load_circuit
         from ..train import load
@@ -433,11 +449,12 @@ def _drawings(doc, task, comp, circ, regimes, method, tmp, figs, artifacts):
     except ImportError as e:
         doc.p(f"(network drawings unavailable: {e})")
         return
-    for r in regimes:
-        runs_r = comp[comp["regime"] == r].sort_values("seed")
+    for i, g in enumerate(groups):
+        runs_r = comp[comp["key"].isin(circ.loc[circ["group"] == g, "run_key"])].sort_values("seed")
         if runs_r.empty:
             continue
         run_row = runs_r.iloc[0]
+        r = run_row["regime"] if i == 0 or g == run_row["regime"] else f"{run_row['regime']}-{i}"
         cs = circ[(circ["run_key"] == run_row["key"]) & (circ["method"] == method)]
         ck = artifacts / str(run_row.get("checkpoint", ""))
         if cs.empty or not (ck / "model.json").is_file():
@@ -448,91 +465,13 @@ def _drawings(doc, task, comp, circ, regimes, method, tmp, figs, artifacts):
         try:
             run = load(ck)
             circuit = load_circuit(cpath, run.model)
-            fig = draw(run, circuit, title=f"{task} / {r} / seed {run_row['seed']}: {method} circuit")
+            fig = draw(run, circuit, title=f"{task} / {g} / seed {run_row['seed']}: {method} circuit")
         except ModcircuitError as e:
             doc.p(f"(drawing of {task}/{r} failed: {e})")
             continue
         doc.img(_save(fig, tmp, f"{task.replace('/', '_')}-{r}-network.png", figs),
-                f"{task}, {r}, seed {run_row['seed']}: network with the {method} circuit overlaid "
+                f"{task}, {g}, seed {run_row['seed']}: network with the {method} circuit overlaid "
                 f"({int(cs.iloc[0]['n_kept'])} of {int(cs.iloc[0]['n_edges'])} edges)")
-
-
-# ---- claims --------------------------------------------------------------------------------------
-def _claims(tasks, compute, circuits) -> list[dict]:
-    rows = []
-    for cid, statement, table, col, direction, per_method in CLAIMS:
-        for task in tasks:
-            if table == "circuits":
-                if circuits.empty or col not in circuits.columns:
-                    continue
-                df_t = circuits[circuits["task"] == task]
-                groups = [(m, s, df_t[(df_t["method"] == m) & (df_t["selection"] == s)])
-                          for m in _method_order(df_t["method"].unique())
-                          for s in sorted(df_t.loc[df_t["method"] == m, "selection"].unique())]
-            else:
-                if col not in compute.columns:
-                    continue
-                groups = [(None, None, compute[compute["task"] == task])]
-            for m, sel, df in groups:
-                regimes = _regime_order(df["regime"].unique())
-                if TARGET not in regimes:
-                    continue
-                a = _values(df, TARGET, col)
-                if not a:
-                    continue
-                for base in regimes:
-                    if base == TARGET:
-                        continue
-                    b = _values(df, base, col)
-                    if not b:
-                        continue
-                    res = compare(a, b, direction)
-                    rows.append({"claim": cid, "statement": statement, "task": task, "method": m, "selection": sel,
-                                 "baseline": base, "metric": col, "direction": direction, **res})
-    adj = holm([r["p_welch"] for r in rows])
-    adj_rev = holm([r["p_welch_reverse"] for r in rows])
-    for r, p, q in zip(rows, adj, adj_rev):
-        r["p_holm"], r["p_holm_reverse"] = p, q
-        if p is not None and p < ALPHA:
-            r["verdict"] = "holds"
-        elif q is not None and q < ALPHA:
-            r["verdict"] = "opposite"
-        elif p is None:
-            r["verdict"] = "untestable"
-        else:
-            r["verdict"] = "not shown"
-    return rows
-
-
-def _claims_section(doc: Doc, rows: list[dict]):
-    doc.h(2, "Claims", "claims")
-    doc.p(f"Each claim compares BIMT with each baseline regime on per-seed values: one-sided Welch t-test "
-          f"in the claimed direction, Holm-corrected over all {len(rows)} tests in this report (alpha {ALPHA}). "
-          f"'holds': the corrected p is below alpha; 'opposite': the reverse one-sided test is significant "
-          f"after correction; 'not shown': neither; 'untestable': fewer than two seeds per group. "
-          f"Mann-Whitney U p values are given beside (with n seeds per group its smallest possible value is "
-          f"1/C(2n, n), e.g. 0.167 for n=2, 0.004 for n=5).")
-    if not rows:
-        doc.p("No claim could be tested: the results need a bimt regime and at least one baseline.")
-        return
-    summary = []
-    for cid, statement, *_ in CLAIMS:
-        rs = [r for r in rows if r["claim"] == cid]
-        if not rs:
-            continue
-        k = sum(r["verdict"] == "holds" for r in rs)
-        o = sum(r["verdict"] == "opposite" for r in rs)
-        summary.append(f"{statement}: holds in {k} of {len(rs)} comparisons, opposite in {o}.")
-    doc.ul(summary)
-    header = ["claim", "task", "method", "baseline", "bimt mean", "baseline mean", "ratio", "p Welch",
-              "p Holm", "p MWU", "verdict"]
-    table = []
-    for r in rows:
-        table.append([r["statement"], r["task"], "" if r["method"] is None else f"{r['method']} ({r['selection']})",
-                      r["baseline"], fmt_num(r["mean_a"]), fmt_num(r["mean_b"]), fmt_num(r["ratio"]),
-                      fmt_p(r["p_welch"]), fmt_p(r["p_holm"]), fmt_p(r["p_mwu"]),
-                      f"{r['verdict']} (n={r['n_a']} vs {r['n_b']})"])
-    doc.table(header, table, "BIMT against each baseline; ratio = BIMT mean / baseline mean")
 
 
 def _method_notes(doc: Doc):

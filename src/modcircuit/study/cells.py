@@ -101,7 +101,8 @@ def circuit_row(unit: Unit, cc: CircuitCell, report: dict) -> dict:
         if v is None or isinstance(v, (bool, int, float, str, dict, list)):
             row[k] = v
     row.update({"method": cc.method, "threshold": cc.threshold, "edge_count": cc.edge_count,
-                "metric": report.get("metric", cc.metric), "ablation": cc.ablation, "artifact": circuit_rel(cc.key)})
+                "metric": report.get("metric", cc.metric), "ablation": cc.ablation, "split_qkv": cc.split_qkv,
+                "artifact": circuit_rel(cc.key)})
     row["created_at"] = time.time()
     return row
 
@@ -168,7 +169,9 @@ def run_unit(unit: Unit) -> dict:
                          f"{report.get('seconds', 0):.2f}s")
         if unit.profile is not None:
             pc = unit.profile
-            prow = {"key": pc.key, "run_key": pc.run_key, **_base(unit), "device": pc.device}
+            prow = {"key": pc.key, "run_key": pc.run_key, **_base(unit), "device": pc.device,
+                    "latency_repeats": pc.latency_repeats, "throughput_batch": pc.throughput_batch,
+                    "throughput_repeats": pc.throughput_repeats}
             prow.update(count_params(run.model))
             prow.update(inference_stats(run.model, task.x_test, latency_repeats=pc.latency_repeats,
                                         throughput_batch=pc.throughput_batch,

@@ -3,7 +3,9 @@
     modcircuit study run studies/demo.toml [--workers 2] [--report report/demo]
     modcircuit study run studies/paper.toml --executor ray [--address auto]
     modcircuit study run studies/paper.toml --dry-run
-    modcircuit report results/demo.duckdb -o report/demo
+    modcircuit report results/demo.duckdb -o report/demo [--all]
+
+With --json, stdout carries only the JSON document; progress and messages go to stderr.
     modcircuit profile runs/mnist-bimt-0 --json
 """
 from __future__ import annotations
@@ -17,11 +19,15 @@ from ..errors import ModcircuitError
 from ..jsonout import dumps
 
 
-def _console():
+def _console(stderr: bool = False):
     from rich.console import Console
 
-    c = Console(markup=False, highlight=False)
-    return Console(markup=False, highlight=False, width=max(140, c.width))
+    c = Console(markup=False, highlight=False, stderr=stderr)
+    return Console(markup=False, highlight=False, width=max(140, c.width), stderr=stderr)
+
+
+def _say(to_stderr: bool):
+    return (lambda s: typer.echo(s, err=True)) if to_stderr else typer.echo
 
 
 TERMINAL_COLUMNS = ("logit gap", "KL", "MSE to model", "edges kept", "discovery s", "train s", "peak RSS MB",
@@ -41,6 +47,8 @@ def print_report_tables(rep, console=None) -> None:
         for r in rows:
             t.add_row(*[r[i] for i in keep])
         console.print(t)
+    if rep.note:
+        console.print(rep.note)
     verdicts: dict[str, list[str]] = {}
     for c in rep.claims:
         verdicts.setdefault(c["statement"], []).append(c["verdict"])
@@ -56,8 +64,11 @@ def study_run_cmd(
                                                                      "default: start a local cluster")] = None,
     workers: Annotated[int, typer.Option("--workers", help="parallel processes (local) or CPUs of a local "
                                                            "Ray cluster")] = 1,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and what is already done; "
-                                                            "run nothing")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate the study, list its cells and what is "
+                                                            "already done, estimate the time; run nothing")] = False,
+    no_estimate: Annotated[bool, typer.Option("--no-estimate", help="dry run without the time estimate (its "
+                                                                    "calibration trains a few steps per task "
+                                                                    "and regime)")] = False,
     results: Annotated[Optional[Path], typer.Option("--results", help="results file (default: the study's "
                                                                       "`results`, else results/<name>.duckdb)")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="write the report to this folder "
@@ -74,22 +85,23 @@ def study_run_cmd(
     if report is not None:
         check_output(report, "report", overwrite=overwrite)  # before any training
 
+    say = _say(json_output)
     res = run_study(spec, executor=executor, workers=workers, address=address, dry_run=dry_run,
-                    progress=not no_progress, results=results, echo=typer.echo)
+                    progress=not no_progress, results=results, echo=say, estimate=not no_estimate)
     rep = None
     if report is not None and not dry_run:
         from ..report import build_report
 
         rep = build_report(res.results, report, overwrite=overwrite)
-        print_report_tables(rep)
-        typer.echo(f"report: {rep.html} and {rep.markdown}")
+        print_report_tables(rep, _console(stderr=json_output))
+        say(f"report: {rep.html} and {rep.markdown}")
     if json_output:
         typer.echo(dumps({
             "results": str(res.results), "artifacts": str(res.artifacts), "runs": res.n_runs,
             "circuits": res.n_circuits, "profiles": res.n_profiles, "units_run": res.units_done,
             "cells_skipped": res.skipped_cells, "failures": res.failures, "wall_seconds": res.wall_seconds,
             "dry_run": res.dry_run, "substitutions": res.substitutions,
-            "report": str(rep.html) if rep else None,
+            "estimate_seconds": res.estimate_seconds, "report": str(rep.html) if rep else None,
         }, indent=1))
 
 
@@ -101,14 +113,19 @@ def report_cmd(
     json_output: Annotated[bool, typer.Option("--json", help="print the claims as JSON")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output, only one "
                                                                 "modcircuit wrote")] = False,
+    all_cells: Annotated[bool, typer.Option("--all", help="also show stale cells (from earlier versions of "
+                                                          "a study) as their own rows, labelled by what "
+                                                          "differs")] = False,
 ):
     """Write the study report (HTML + Markdown): comparison tables, curves, drawings, tested claims."""
     from ..report import build_report
 
-    rep = build_report(results, out, title=title, figures=not no_figures, overwrite=overwrite)
+    rep = build_report(results, out, title=title, figures=not no_figures, include_stale=all_cells,
+                       overwrite=overwrite)
     if json_output:
         typer.echo(dumps({"html": str(rep.html), "markdown": str(rep.markdown),
-                          "figures": [str(p) for p in rep.figures], "claims": rep.claims}, indent=1))
+                          "figures": [str(p) for p in rep.figures], "claims": rep.claims,
+                          "note": rep.note, "stale_cells": rep.stale}, indent=1))
         return
     print_report_tables(rep)
     typer.echo(f"report: {rep.html} and {rep.markdown} ({len(rep.figures)} figures)")

@@ -39,6 +39,7 @@ class StudyResult:
     cells: list[dict] = field(default_factory=list)
     substitutions: dict = field(default_factory=dict)
     parquet: Path | None = None
+    estimate_seconds: float | None = None  # dry runs: the time estimate
 
 
 def _as_spec(spec) -> StudySpec:
@@ -77,28 +78,54 @@ def build_units(p: Plan, store: Store, fresh_process: bool) -> tuple[list[Unit],
 
 
 def _progress(enabled: bool):
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    # on stderr: stdout stays for results (`study run --json` prints only JSON there)
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not enabled, transient=True)
+                    disable=not enabled, transient=True, console=Console(stderr=True))
+
+
+def _listing_without_store(p: Plan) -> tuple[list[Unit], list[dict]]:
+    """Units and listing of a study whose results file does not exist yet: everything is pending."""
+    units, listing = [], []
+    by_run: dict[str, list] = {}
+    for c in p.circuits:
+        by_run.setdefault(c.run_key, []).append(c)
+    profiles = {pc.run_key: pc for pc in p.profiles}
+    for rc in p.runs:
+        cs = by_run.get(rc.key, [])
+        listing.append({"run": rc.label(), "key": rc.key, "trained": False,
+                        "circuits": [(c.label(), c.key, False) for c in cs],
+                        "profile": False if rc.key in profiles else None})
+        units.append(Unit(study=p.spec.name, run=rc, circuits=cs, profile=profiles.get(rc.key),
+                          fresh_process=p.spec.profile.fresh_process))
+    return units, listing
 
 
 def run_study(spec, *, executor: str = "local", workers: int = 1, address: str | None = None,
               dry_run: bool = False, cell_fn: Callable | None = None, progress: bool = True,
               echo: Callable[[str], None] | None = None, results=None, artifacts=None,
-              export: bool = True) -> StudyResult:
+              export: bool = True, estimate: bool = True) -> StudyResult:
+    """Run (or with dry_run, validate, list and time-estimate) the study's pending cells. Relative
+    `results`/`artifacts` given here are taken as they are (the cwd); the study's own resolve
+    against its file's folder."""
     spec = _as_spec(spec)
     if workers < 1:
         raise ModcircuitError(f"workers {workers!r} must be >= 1")
     ex = make_executor(executor, workers, address)  # validate before any work
     t0 = time.perf_counter()
-    p = plan(spec)
+    p = plan(spec)  # validates tasks, options, widths, methods against the tasks
     res_path = Path(results) if results else spec.results_path()
     art_path = Path(artifacts) if artifacts else (spec.artifacts_path() if not results else None)
+    art_checked = art_path or res_path.with_name(res_path.stem + "-artifacts")
     check_location(res_path, folder=False)  # before any training
-    check_location(art_path or res_path.with_name(res_path.stem + "-artifacts"), folder=True)
-    store = None if (dry_run and not res_path.is_file()) else Store(res_path, art_path)
-    out = StudyResult(results=res_path, artifacts=store.artifacts if store else Path(art_path or ""),
+    check_location(art_checked, folder=True)
+    if res_path.is_file() or not dry_run:  # a dry run reads an existing store and writes nothing
+        store = Store(res_path, art_path, read_only=dry_run)
+    else:
+        store = None
+    out = StudyResult(results=res_path, artifacts=store.artifacts if store else art_checked,
                       n_runs=len(p.runs), n_circuits=len(p.circuits), n_profiles=len(p.profiles),
                       units_total=0, dry_run=dry_run, substitutions=p.substitutions)
     say = echo or print
@@ -106,16 +133,11 @@ def run_study(spec, *, executor: str = "local", workers: int = 1, address: str |
         say(f"task {named} cannot be built here; using {used} instead (task_fallbacks)")
     try:
         if store is None:  # dry run of a study that has never run
-            units, listing = [], []
-            for rc in p.runs:
-                cs = [c for c in p.circuits if c.run_key == rc.key]
-                listing.append({"run": rc.label(), "key": rc.key, "trained": False,
-                                "circuits": [(c.label(), c.key, False) for c in cs],
-                                "profile": False if spec.profile.enabled else None})
-                units.append(rc)
+            units, listing = _listing_without_store(p)
             skipped = 0
         else:
-            clean_partials(store.artifacts)
+            if not dry_run:
+                clean_partials(store.artifacts)
             units, listing, skipped = build_units(p, store, spec.profile.fresh_process)
         out.cells, out.skipped_cells, out.units_total = listing, skipped, len(units)
         if dry_run:
@@ -127,8 +149,17 @@ def run_study(spec, *, executor: str = "local", workers: int = 1, address: str |
                 say(f"{item['key']}  {item['run']}: {state}; circuits {done_c}/{n_c} done"
                     f" ({', '.join(c[0] for c in item['circuits'])});{prof}")
             say(f"{len(listing)} runs, {len(p.circuits)} circuits, {len(p.profiles)} profiles; "
-                f"{len(units)} units to run, {skipped} cells already done")
+                f"{len(units)} units to run, {skipped} cells already done; results file {res_path}")
+            if estimate:
+                from .estimate import estimate as estimate_units
+
+                est = estimate_units(units, workers, say=say)
+                out.estimate_seconds = est.seconds
+                say(est.line())
             return out
+        store.record_manifest(spec.name, spec.fingerprint(), {"runs": [r.key for r in p.runs],
+                                                              "circuits": [c.key for c in p.circuits],
+                                                              "profiles": [x.key for x in p.profiles]})
         if not units:
             say(f"nothing to do: all {skipped} cells of study {spec.name!r} are in {res_path}")
         fn = cell_fn

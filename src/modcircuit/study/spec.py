@@ -27,23 +27,39 @@
 Each cell of the study is keyed by a hash of its full configuration (the resolved training
 config, task options, method settings), so a results store shared between studies never
 recomputes a cell it already holds.
+
+`name` is a file stem (letters, digits, '.', '_', '-'; starting with a letter or digit). Relative
+`results` and `artifacts` paths resolve against the study file's folder, not the current one, so a
+study resumes from wherever it is run. Methods are those of the discovery registry
+(`modcircuit.circuits.methods.method_names()`), the same the CLI offers.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..errors import ModcircuitError, choice_error
 
-METHODS = ("acdc", "eap", "eap-ig", "magnitude", "probing", "random")
 ABLATIONS = ("resample", "zero", "mean")
+# a study name becomes a file stem (results/<name>.duckdb): no separators, no leading dot
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def study_methods() -> list[str]:
+    """The methods a study accepts: the discovery registry's, the single source of truth."""
+    from ..circuits.methods import method_names
+
+    return method_names()
 AXIS_KEYS = ("regime", "seed")  # set by the study's axes, never in [train]
 
 
@@ -112,6 +128,15 @@ class StudySpec(BaseModel):
     profile: ProfileSpec = Field(default_factory=ProfileSpec)
     results: str | None = None
     artifacts: str | None = None
+    # the study file's folder: relative results/artifacts paths resolve against it (None: the cwd)
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not NAME_RE.fullmatch(v):
+            raise ModcircuitError(f"study name {v!r} is not a safe file name; allowed: {NAME_RULE}")
+        return v
 
     @field_validator("tasks")
     @classmethod
@@ -150,9 +175,10 @@ class StudySpec(BaseModel):
     @field_validator("methods")
     @classmethod
     def _methods(cls, v):
+        allowed = study_methods()
         for m in v:
-            if m not in METHODS:
-                raise choice_error("method", m, METHODS)
+            if m not in allowed:
+                raise choice_error("method", m, allowed)
         return _unique("methods", v)
 
     _thresholds = field_validator("thresholds")(classmethod(lambda cls, v: _check_thresholds(v)))
@@ -168,7 +194,13 @@ class StudySpec(BaseModel):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v):
-        return None if v in (None, "", "default") else v
+        from ..circuits.patching import METRICS
+
+        if v in (None, "", "default"):
+            return None
+        if v not in METRICS:
+            raise choice_error("metric", v, ("default", *METRICS))
+        return v
 
     @field_validator("train")
     @classmethod
@@ -203,14 +235,26 @@ class StudySpec(BaseModel):
     def selection(self, method: str) -> Selection:
         return self.method_selection.get(method) or Selection(thresholds=self.thresholds, edge_counts=self.edge_counts)
 
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir if self._base_dir is not None else Path(".")
+
+    def _resolve(self, p: str | Path) -> Path:
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else Path(os.path.normpath(self.base_dir / p))
+
     def results_path(self) -> Path:
-        return Path(self.results) if self.results else Path("results") / f"{self.name}.duckdb"
+        return self._resolve(self.results) if self.results else self._resolve(Path("results") / f"{self.name}.duckdb")
 
     def artifacts_path(self) -> Path:
         if self.artifacts:
-            return Path(self.artifacts)
+            return self._resolve(self.artifacts)
         r = self.results_path()
         return r.with_name(r.stem + "-artifacts")
+
+    def fingerprint(self) -> dict:
+        """What the report needs to know about this study: its settings as written (JSON-safe)."""
+        return json.loads(json.dumps(self.model_dump(), default=str))
 
 
 def _unique(what, v):
@@ -252,13 +296,16 @@ def _pydantic_error(e: ValidationError, source: str) -> ModcircuitError:
     return ModcircuitError(f"{source}: invalid {loc}={err.get('input')!r}: {msg}")
 
 
-def parse_spec(data: dict, source: str = "study") -> StudySpec:
+def parse_spec(data: dict, source: str = "study", base_dir: Path | None = None) -> StudySpec:
+    """A validated StudySpec; relative paths in it resolve against `base_dir` (default: the cwd)."""
     try:
-        return StudySpec(**data)
+        spec = StudySpec(**data)
     except ValidationError as e:
         raise _pydantic_error(e, source) from None
     except ModcircuitError as e:  # raised directly by a model validator
         raise ModcircuitError(f"{source}: {e}") from None
+    spec._base_dir = base_dir
+    return spec
 
 
 def load_spec(path) -> StudySpec:
@@ -271,7 +318,7 @@ def load_spec(path) -> StudySpec:
         raise ModcircuitError(f"study file {str(path)!r} is not valid TOML: {e}") from None
     except UnicodeDecodeError:
         raise ModcircuitError(f"study file {str(path)!r} is not UTF-8 text") from None
-    return parse_spec(data, str(path))
+    return parse_spec(data, str(path), base_dir=path.parent)
 
 
 # ---- cells -------------------------------------------------------------------------------
@@ -384,12 +431,49 @@ def resolve_tasks(spec: StudySpec) -> tuple[dict[str, str], dict[str, str]]:
     return used, subs
 
 
+def check_device(device: str) -> None:
+    import torch
+
+    from ..train.config import make_config
+
+    make_config({}, {"device": device})  # the format: cpu, cuda, cuda:N, mps
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModcircuitError(f"device {device!r}: CUDA is not available here; use device = \"cpu\"")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise ModcircuitError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModcircuitError("device 'mps' is not available here; use device = \"cpu\"")
+
+
+def check_task_fits(spec: StudySpec, named: str, task, cfg) -> None:
+    """What training or discovery would refuse later, refused now: the widths and activation of the
+    model (built on the meta device: no memory), methods the task's model type has."""
+    import torch
+
+    from ..tasks.sequence import SequenceTask
+
+    where = f"task {named}"
+    try:
+        with torch.device("meta"):
+            task.build_model(cfg.widths, cfg.activation)
+    except ModcircuitError as e:
+        raise ModcircuitError(f"{where}: {e}") from None
+    if isinstance(task, SequenceTask):
+        from ..circuits.transformer_graph import METHODS as TRANSFORMER_METHODS
+
+        for m in spec.methods:
+            if m not in TRANSFORMER_METHODS:
+                raise ModcircuitError(f"{where} trains a transformer, which method {m!r} does not support; "
+                                      f"allowed: {', '.join(sorted(TRANSFORMER_METHODS))}")
+
+
 def plan(spec: StudySpec) -> Plan:
     """Every cell of the study, in a stable order (task, regime, seed; then methods, selections)."""
     from ..circuits.discover import task_metric
     from ..tasks import get_task
     from ..train.config import make_config
 
+    check_device(spec.device)
     used, subs = resolve_tasks(spec)
     runs, circuits, profiles = [], [], []
     for named in spec.tasks:
@@ -412,6 +496,7 @@ def plan(spec: StudySpec) -> Plan:
             from ..circuits.positions import resolve_positions
 
             resolve_positions(positions, 1, task.arch["n_ctx"])  # out-of-range indices fail here, before any work
+        check_task_fits(spec, named, task, make_config(defaults, {**overrides, "regime": spec.regimes[0]}))
         for regime in spec.regimes:
             for seed in spec.seeds:
                 cfg = make_config(defaults, {**overrides, "regime": regime, "seed": seed}).model_dump()

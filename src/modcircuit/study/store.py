@@ -8,6 +8,12 @@ recomputes and replaces.
 
 Columns are created on demand from the rows (numbers -> DOUBLE/BIGINT, text -> VARCHAR, lists and
 dicts -> JSON text), so every scalar a run, circuit or profile reports is queryable with SQL.
+
+Each `study run` also records the study's manifest: its settings (table `studies`) and the keys of
+every cell it plans (table `study_cells`, replaced as a whole on each run). The report shows the
+cells of the recorded studies and counts the rest of the file as stale (cells of an earlier
+version of a study). Files written before manifests existed have neither table; the report then
+shows every cell, grouped by configuration, and says so.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from ..atomic import replace_dir, staging_dir, write_bytes
 from ..errors import ModcircuitError
 
 TABLES = ("runs", "circuits", "profiles")
+MANIFEST_TABLES = ("studies", "study_cells")
 # columns that measure time or memory: they differ between two runs of the same cell
 NONDETERMINISTIC = (
     "created_at", "seconds", "train_seconds", "seconds_per_step", "swap_seconds", "swap_share", "peak_rss_mb",
@@ -91,6 +98,30 @@ def clean_partials(root: Path) -> list[Path]:
     return removed
 
 
+def _open_error(path: Path, e: Exception) -> ModcircuitError:
+    first = str(e).splitlines()[0]
+    if "lock" in first.lower():
+        return ModcircuitError(f"cannot open results file {str(path)!r}: it is in use by another process "
+                               f"(a study run?): {first}")
+    return ModcircuitError(f"{str(path)!r} is not a readable DuckDB results file (truncated or not DuckDB?): {first}")
+
+
+def _readable(fn):
+    """Store reads: a damaged file (it can open, then fail on a page) is a one-line error, not a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(self, *a, **kw):
+        import duckdb
+
+        try:
+            return fn(self, *a, **kw)
+        except duckdb.Error as e:
+            raise _open_error(self.path, e) from None
+
+    return wrapper
+
+
 class Store:
     """A DuckDB results file plus its artifacts folder."""
 
@@ -104,23 +135,31 @@ class Store:
             raise ModcircuitError(f"results file {str(self.path)!r} does not exist")
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise ModcircuitError(f"results file {str(self.path)!r} is a folder; give a .duckdb file path")
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.IOException as e:
-            first = str(e).splitlines()[0]
-            raise ModcircuitError(f"cannot open results file {str(self.path)!r} (in use by another study run?): {first}") from None
         except duckdb.Error as e:
-            raise ModcircuitError(f"{str(self.path)!r} is not a readable DuckDB results file: {str(e).splitlines()[0]}") from None
-        if not read_only:
-            for t in TABLES:
-                self.con.execute(f'CREATE TABLE IF NOT EXISTS {t} ("key" VARCHAR PRIMARY KEY)')
+            raise _open_error(self.path, e) from None
+        try:
+            if not read_only:
+                for t in TABLES:
+                    self.con.execute(f'CREATE TABLE IF NOT EXISTS {t} ("key" VARCHAR PRIMARY KEY)')
+            for t in self.tables():  # touch every table: a damaged file fails here, before any work
+                if t in TABLES:
+                    self.con.execute(f'SELECT count(*) FROM {t}').fetchone()
+        except duckdb.Error as e:
+            self.close()
+            raise _open_error(self.path, e) from None
 
     # ---- schema ---------------------------------------------------------------------------
+    @_readable
     def columns(self, table: str) -> list[str]:
         if table not in self.tables():
             return []
         return [r[0] for r in self.con.execute(f"DESCRIBE {table}").fetchall()]
 
+    @_readable
     def tables(self) -> list[str]:
         return [r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
 
@@ -136,11 +175,13 @@ class Store:
                 have.add(k)
 
     # ---- reads ----------------------------------------------------------------------------
+    @_readable
     def keys(self, table: str) -> set[str]:
         if table not in self.tables():
             return set()
         return {r[0] for r in self.con.execute(f'SELECT "key" FROM {table}').fetchall()}
 
+    @_readable
     def rows(self, table: str, order: str = "key") -> list[dict]:
         if table not in self.tables():
             return []
@@ -148,6 +189,7 @@ class Store:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
 
+    @_readable
     def df(self, table: str):
         if table not in self.tables():
             import pandas as pd
@@ -194,6 +236,40 @@ class Store:
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+
+    # ---- study manifests -------------------------------------------------------------------------
+    def record_manifest(self, study: str, settings: dict, cells: dict[str, list[str]]) -> None:
+        """Record that `study` (with these settings) consists of exactly these cells, replacing its
+        previous manifest, in one transaction."""
+        import time
+
+        self.con.execute('CREATE TABLE IF NOT EXISTS studies (name VARCHAR PRIMARY KEY, settings VARCHAR, '
+                         'updated_at DOUBLE)')
+        self.con.execute('CREATE TABLE IF NOT EXISTS study_cells (study VARCHAR, tbl VARCHAR, "key" VARCHAR)')
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.execute("DELETE FROM study_cells WHERE study = ?", [study])
+            self.con.execute("INSERT OR REPLACE INTO studies VALUES (?, ?, ?)",
+                             [study, json.dumps(settings, sort_keys=True, default=str), time.time()])
+            rows = [(study, t, k) for t, keys in cells.items() for k in keys]
+            if rows:
+                self.con.executemany("INSERT INTO study_cells VALUES (?, ?, ?)", rows)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    @_readable
+    def manifest(self) -> dict | None:
+        """{"studies": [names], "keys": {table: set of keys}} of every recorded study, or None when the
+        file predates manifests."""
+        if not set(MANIFEST_TABLES) <= set(self.tables()):
+            return None
+        names = [r[0] for r in self.con.execute("SELECT name FROM studies ORDER BY name").fetchall()]
+        keys: dict[str, set] = {t: set() for t in TABLES}
+        for t, k in self.con.execute("SELECT tbl, key FROM study_cells").fetchall():
+            keys.setdefault(t, set()).add(k)
+        return {"studies": names, "keys": keys}
 
     def export_parquet(self, folder=None) -> Path:
         """COPY each table to <folder>/<table>.parquet (default: <results stem>-parquet/), atomically."""
