@@ -14,6 +14,9 @@ The cases are one table, CASES. Each row is
               {circuit}      a circuit of {run} (eap)
               {npz[NAME]}    an .npz or other data file in DATA below, by NAME
               {missing}      a path that does not exist
+              {bad[NAME]}    a damaged or foreign file/folder from BROKEN below (flipped checkpoint byte,
+                             hand-edited model.json or circuit file, another model's circuit, a user's
+                             folder, a garbage results file, bad study files, ...)
               {out}          an output path in the case's own empty folder (also the working folder)
   fragment  a case-sensitive substring of the one error line (name the value and the allowed range)
 
@@ -68,6 +71,94 @@ DATA = {
     "token-99.npz": lambda g: dict(clean=_set(g.integers(0, 59, (50, 2)), 10, 99).astype(np.int64),
                                    corrupt=g.integers(0, 59, (50, 2))),
     "garbage.npz": lambda g: b"this is not a zip file",
+}
+
+def _copy_run(root: Path, name: str, edit=None) -> Path:
+    """A copy of {run} under `name`, its model.json changed by edit(meta) (hash left as recorded)."""
+    import json
+    import shutil
+
+    dst = root / name
+    shutil.copytree(root / "run", dst)
+    if edit is not None:
+        meta = json.loads((dst / "model.json").read_text())
+        edit(meta)
+        (dst / "model.json").write_text(json.dumps(meta, indent=1))
+    return dst
+
+
+def _flip_byte(root: Path, name: str) -> Path:
+    dst = _copy_run(root, name)
+    data = bytearray((dst / "model.safetensors").read_bytes())
+    data[-17] ^= 0x01  # inside the tensor data, past the header: still parses, values differ
+    (dst / "model.safetensors").write_bytes(bytes(data))
+    return dst
+
+
+def _edit_circuit(root: Path, name: str, edit) -> Path:
+    import json
+
+    meta = json.loads((root / "circuit.json").read_text())
+    edit(meta)
+    (root / name).write_text(json.dumps(meta))
+    return root / name
+
+
+def _study(root: Path, name: str, text: str) -> Path:
+    (root / name).write_text(text)
+    return root / name
+
+
+_STUDY = """name = "{name}"
+tasks = ["two-moons"]
+regimes = ["vanilla"]
+seeds = [0]
+methods = ["eap"]
+thresholds = [0.01]
+results = "results-{name}.duckdb"
+"""
+
+
+def _set_key(key, value):
+    def edit(meta):
+        meta[key] = value
+    return edit
+
+
+def _set_edge(i, key, value):
+    def edit(meta):
+        meta["edges"][i][key] = value
+    return edit
+
+
+def _repeat_edge(meta):
+    meta["edges"][1] = dict(meta["edges"][0])
+
+
+def _user_folder(root: Path, name: str) -> Path:
+    (root / name).mkdir()
+    (root / name / "notes.txt").write_text("my notes")
+    return root / name
+
+
+# name -> builder(root) of a damaged or foreign file/folder (the fixture folder holds run/ and circuit.json)
+BROKEN = {
+    "flipped-byte": lambda root: _flip_byte(root, "flipped-byte"),
+    "seed-zero": lambda root: _copy_run(root, "seed-zero", _set_key("seed", "zero")),
+    "regime-bogus": lambda root: _copy_run(root, "regime-bogus", _set_key("regime", "bogus")),
+    "checkpoint-v99": lambda root: _copy_run(root, "checkpoint-v99", _set_key("version", 99)),
+    "kept-yes.json": lambda root: _edit_circuit(root, "kept-yes.json", _set_edge(3, "kept", "yes")),
+    "edge-twice.json": lambda root: _edit_circuit(root, "edge-twice.json", _repeat_edge),
+    "n-kept-wrong.json": lambda root: _edit_circuit(root, "n-kept-wrong.json", _set_key("n_kept", 5)),
+    "circuit-v99.json": lambda root: _edit_circuit(root, "circuit-v99.json", _set_key("version", 99)),
+    "precious": lambda root: _user_folder(root, "precious"),
+    "afile.txt": lambda root: (root / "afile.txt").write_text("a user's file") and root / "afile.txt",
+    "garbage.duckdb": lambda root: (root / "garbage.duckdb").write_bytes(b"not a database" * 100) and root / "garbage.duckdb",
+    "evil-name.toml": lambda root: _study(root, "evil-name.toml", _STUDY.format(name="../../evil")),
+    "metric-foo.toml": lambda root: _study(root, "metric-foo.toml", _STUDY.format(name="foo") + 'metric = "foo"\n'),
+    "bad-widths.toml": lambda root: _study(root, "bad-widths.toml", _STUDY.format(name="widths")
+                                           + "[train]\nwidths = [2, 8, 3]\n"),
+    "unknown-key.toml": lambda root: _study(root, "unknown-key.toml", _STUDY.format(name="typo") + "seedz = [1]\n"),
 }
 
 CASES = [
@@ -152,6 +243,33 @@ CASES = [
     ("evaluate-data-huge", "evaluate {run} {circuit} --data {npz[huge.npz]} --json", "inputs must lie within +-1e+06"),
     ("evaluate-data-npy", "evaluate {run} {circuit} --data {npz[x.npy]}", "give a .npz"),
     ("evaluate-weights-nan", "evaluate {nan_run} {circuit} --json", "linears.1.weight"),
+    # ---- files that must prove what they are (checkpoint hash and schema, circuit schema, fingerprint) --
+    ("discover-checkpoint-flipped-byte", "discover {bad[flipped-byte]} --out {out}", "SHA-256"),
+    ("evaluate-checkpoint-flipped-byte", "evaluate {bad[flipped-byte]} {circuit}", "SHA-256"),
+    ("discover-checkpoint-seed-zero", "discover {bad[seed-zero]} --out {out}", "seed='zero' is not allowed; expected an integer"),
+    ("discover-checkpoint-regime-bogus", "discover {bad[regime-bogus]} --out {out}", "unknown regime 'bogus'"),
+    ("draw-checkpoint-version-99", "draw {bad[checkpoint-v99]} -o {out}.png", "unknown checkpoint version 99"),
+    ("evaluate-circuit-kept-yes", "evaluate {run} {bad[kept-yes.json]}", "edges[3].kept='yes'"),
+    ("evaluate-circuit-edge-twice", "evaluate {run} {bad[edge-twice.json]}", "repeats edges[0]"),
+    ("evaluate-circuit-n-kept-wrong", "evaluate {run} {bad[n-kept-wrong.json]}", "disagrees with the edges"),
+    ("draw-circuit-version-99", "draw {run} --circuit {bad[circuit-v99.json]} -o {out}.png", "unknown circuit file version 99"),
+    ("evaluate-circuit-of-another-model", "evaluate {run} {other_circuit}", "another model"),
+    ("draw-circuit-of-another-model", "draw {run} --circuit {other_circuit} -o {out}.png", "another model"),
+    # ---- outputs never destroy what modcircuit did not write ---------------------------------------
+    ("train-out-user-folder", "train --task two-moons --steps 5 --out {bad[precious]}", "precious"),
+    ("train-out-user-folder-overwrite", "train --task two-moons --steps 5 --out {bad[precious]} --overwrite", "precious"),
+    ("train-out-user-file", "train --task two-moons --steps 5 --out {bad[afile.txt]} --overwrite", "afile.txt"),
+    ("train-out-cwd", "train --task two-moons --steps 5 --out .", "is the current folder, which is never replaced"),
+    ("discover-out-existing-folder", "discover {run} --out {bad[precious]}", "precious"),
+    ("discover-out-user-file", "discover {run} --out {bad[afile.txt]} --overwrite", "afile.txt"),
+    ("draw-out-user-file", "draw {run} -o {bad[afile.txt]}", "afile.txt"),
+    ("report-out-user-folder", "report {missing}.duckdb -o {bad[precious]} --overwrite", "precious"),
+    # ---- studies and results files ------------------------------------------------------------------
+    ("report-results-garbage", "report {bad[garbage.duckdb]} -o {out}", "garbage.duckdb"),
+    ("study-name-unsafe", "study run {bad[evil-name.toml]} --dry-run --no-estimate", "study name '../../evil' is not a safe file name"),
+    ("study-metric-unknown", "study run {bad[metric-foo.toml]} --dry-run --no-estimate", "unknown metric 'foo'"),
+    ("study-widths-misfit", "study run {bad[bad-widths.toml]} --dry-run --no-estimate", "widths [2, 8, 3] do not fit task two-moons"),
+    ("study-key-unknown", "study run {bad[unknown-key.toml]} --dry-run --no-estimate", "seedz"),
     # ---- commands -----------------------------------------------------------------------------------
     ("command-unknown", "trian", "trian"),
 ]
@@ -189,6 +307,10 @@ def fixtures(tmp_path_factory):
     mc.train("modular-addition", "vanilla", seed=0, steps=2).save(root / "token_run")
     _save_with_nan_weight(run, root / "nan_run")
     assert main(["discover", str(root / "run"), "--method", "eap", "--out", str(root / "circuit.json"), "--json"]) == 0
+    mc.train("two-moons", "vanilla", seed=1, steps=20).save(root / "other_run")  # same widths, other weights
+    assert main(["discover", str(root / "other_run"), "--method", "eap", "--out", str(root / "other_circuit.json"),
+                 "--json"]) == 0
+    bad = {name: str(build(root)) for name, build in BROKEN.items()}
     g = np.random.default_rng(0)
     npz = {}
     for name, make in DATA.items():
@@ -202,7 +324,8 @@ def fixtures(tmp_path_factory):
             path = path.with_suffix(".npy")
         npz[name] = str(path)
     paths = dict(run=root / "run", token_run=root / "token_run", nan_run=root / "nan_run",
-                 circuit=root / "circuit.json", npz=npz, missing=root / "missing")
+                 circuit=root / "circuit.json", other_circuit=root / "other_circuit.json", npz=npz, bad=bad,
+                 missing=root / "missing")
     return root, {k: (str(v) if isinstance(v, Path) else v) for k, v in paths.items()}
 
 
