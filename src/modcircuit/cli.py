@@ -11,6 +11,7 @@ import click
 import typer
 
 from .errors import ModcircuitError
+from .train.regimes import describe_regimes, regime_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train modular networks (BIMT and baselines), discover their circuits, measure both.")
@@ -67,12 +68,27 @@ def tasks_cmd(json_output: bool = typer.Option(False, "--json", help="machine-re
     console.print(table)
     for r in rows:
         console.print(f"{r['task']}: {r['description']}" + (f" ({r['note']})" if r.get("note") else ""))
+    _print_regimes(console)
+
+
+def _print_regimes(console) -> None:
+    """The registered regimes with their own options (set with --set key=value or a study's [train])."""
+    from rich.table import Table
+
+    from .train.regimes import get_regime
+
+    table = Table("regime", "what it trains with", "options (default)", title="regimes (--regime)")
+    for name, description in describe_regimes().items():
+        fields = get_regime(name).Options.model_fields
+        table.add_row(name, description, ", ".join(f"{k} ({f.default})" for k, f in fields.items()) or "-")
+    console.print(table)
 
 
 @app.command("train")
 def train_cmd(
     task: str = typer.Option(..., "--task", help="task name (see `modcircuit tasks`)"),
-    regime: str = typer.Option("bimt", "--regime", help="vanilla | l1 | l2 | l1-local | bimt"),
+    regime: str = typer.Option("bimt", "--regime", help=f"{' | '.join(regime_names())} (see `modcircuit tasks`; "
+                                "regime options via --set, e.g. --set density=0.05)"),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(..., "--out", help="checkpoint folder to write"),
     steps: Optional[int] = typer.Option(None, "--steps"),

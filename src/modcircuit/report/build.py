@@ -208,9 +208,9 @@ def load_frames(results) -> dict:
 
 
 def _regime_order(regimes) -> list[str]:
-    from ..train import REGIMES
+    from ..train import regime_names
 
-    order = [r for r in REGIMES if r in set(regimes)]
+    order = [r for r in regime_names() if r in set(regimes)]
     return order + sorted(set(regimes) - set(order))
 
 
