@@ -25,6 +25,7 @@ import numpy as np
 from ..atomic import replace_dir, staging_dir
 from ..errors import ModcircuitError
 from .stats import compare, holm, mean_ci
+from .modularity import modularity_section
 
 ALPHA = 0.05
 TARGET = "bimt"
@@ -60,6 +61,9 @@ CLAIMS = [
      "latency_ms_median", "greater", False),
     ("compact-speed", "The compacted BIMT circuit is faster at inference (batch-1 latency)", "circuits",
      "compact_latency_ms_median", "less", True),
+    ("modular-q", "BIMT models are more modular (higher Newman Q of the |W| graph)", "compute", "modularity_q",
+     "greater", False),
+    ("clusterable", "BIMT models are more clusterable (higher C)", "compute", "clusterability", "greater", False),
 ]
 
 
@@ -347,6 +351,7 @@ def _task_section(doc: Doc, task, comp, circ, tmp: Path, figs: list, artifacts: 
                      "many calls; throughput: examples/s at a large batch")
     if main_header is None:
         main_header, main_rows = h, rs
+    modularity_section(doc, task, comp, regimes, tmp, figs, artifacts, figures)
     if figures:
         _figures(doc, task, comp, circ, regimes, methods, tmp, figs, artifacts)
     return main_header, main_rows
