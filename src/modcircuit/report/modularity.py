@@ -56,7 +56,7 @@ def _network_grid(doc, task, comp, regimes, tmp, figs, artifacts) -> None:
     for ax, (r, row) in zip(axes.flat, runs):
         q = row.get("modularity_q")
         try:
-            draw(load(artifacts / str(row["checkpoint"])), ax=ax,
+            draw(load(artifacts / str(row["checkpoint"])), ax=ax, legend=False,
                  title=f"{r} (seed {row['seed']}, Q {fmt_num(q if q == q else None)})")
         except ModcircuitError as e:
             ax.set_title(f"{r}: {e}"[:60])
