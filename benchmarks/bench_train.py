@@ -44,6 +44,8 @@ def main():
         for regime in regimes:
             run = mc.train(task, regime, seed=0)
             samples[regime].append(run.timings["train_seconds"] / args.steps)
+        print(f"round {len(samples['vanilla'])}: " + ", ".join(f"{r} {samples[r][-1] * 1e3:.2f}" for r in regimes)
+              + " ms/step", flush=True)
     base = statistics.median(samples["vanilla"])
     print(f"[784,100,100,10], batch 100, {args.steps} steps, median of {args.repeats} interleaved repeats, one thread")
     print(f"{'regime':16s} {'ms/step':>8s} {'ratio':>6s}")

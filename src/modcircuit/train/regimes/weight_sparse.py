@@ -18,9 +18,10 @@ from .base import Regime, register_regime
 class WeightSparseOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # share of each weight matrix's entries kept at the end; 0.1 still trains every task of ours
-    # (the paper keeps 1/64 to ~1/1000 of far larger matrices)
-    density: float = Field(0.1, gt=0, le=1)
+    # share of each weight matrix's entries kept at the end. 0.25 trains two-moons to test accuracy 1.0
+    # (10,000 steps, seed 0); 0.1 left it at 0.805 with 4 weights out of its 2 inputs. The paper keeps
+    # 1/64 to ~1/1000 of far larger matrices.
+    density: float = Field(0.25, gt=0, le=1)
     anneal: float = Field(0.5, gt=0, le=1)  # fraction of training over which k falls to its target
 
 
