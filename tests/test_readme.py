@@ -15,6 +15,12 @@ def test_readme_has_python_blocks():
 
 
 def test_every_readme_python_block_runs(tmp_path, monkeypatch):
+    from modcircuit.circuits import methods
+    from modcircuit.train.regimes import base
+
+    # the README registers its own regime (and could register methods): keep that out of later tests
+    monkeypatch.setattr(base, "_REGIMES", dict(base._REGIMES))
+    monkeypatch.setattr(methods, "_METHODS", {k: dict(v) for k, v in methods._METHODS.items()})
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__readme__"}
     for i, block in enumerate(python_blocks(README.read_text())):
@@ -22,3 +28,9 @@ def test_every_readme_python_block_runs(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_readme_regime_stays_out_of_the_registry():
+    from modcircuit.train.regimes import regime_names
+
+    assert "shrink" not in regime_names()  # test_every_readme_python_block_runs ran before, in this file

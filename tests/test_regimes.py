@@ -1,26 +1,196 @@
-"""Penalties: the directly-added gradient equals autograd's; the schedule is piecewise constant."""
+"""Regimes: the registry, every penalty's direct gradient against autograd, weight-sparse's projection,
+clusterability's C against its definition, bad options, and the lam schedule."""
 import pytest
 import torch
+from sklearn.cluster import SpectralCoclustering
 
+import modcircuit as mc
+from modcircuit.errors import ModcircuitError
 from modcircuit.nn.mlp import MLP
-from modcircuit.train.regimes import REGIMES, add_penalty_grad_, connection_cost, lam_at, penalty
+from modcircuit.nn.transformer import GeometricTransformer
+from modcircuit.train.config import make_config
+from modcircuit.train.regimes import (REGIMES, Regime, connection_cost, get_regime, lam_at, regime_names,
+                                      register_regime)
+from modcircuit.train.regimes import base as regimes_base
+from modcircuit.train.regimes.weight_sparse import kept
 
 
-@pytest.mark.parametrize("regime", REGIMES)
-@pytest.mark.parametrize("agg", ["sum", "mean"])
-def test_direct_penalty_gradient_equals_autograd(regime, agg):
+def _mlp():
     torch.manual_seed(0)
-    model = MLP([16, 9, 5], "silu", [{"kind": "grid", "shape": [4, 4]}, {"kind": "grid", "shape": [3, 3]},
-                                      {"kind": "ring"}]).double()
-    pen = penalty(model, regime, 0.3, 1.5, 0.2, agg)
+    return MLP([16, 9, 5], "silu", [{"kind": "grid", "shape": [4, 4]}, {"kind": "grid", "shape": [3, 3]},
+                                     {"kind": "ring"}]).double()
+
+
+def _transformer():
+    torch.manual_seed(0)
+    return GeometricTransformer(n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=8, n_ctx=3, d_out=3,
+                                d_vocab=5).double()
+
+
+def _hooks(model, regime, agg="sum", **options):
+    cfg = make_config({}, {"regime": regime, "weight_factor": 1.5, "l0": 0.2, "agg": agg, **options})
+    return get_regime(regime)(model, cfg)
+
+
+def test_registry_lists_the_built_ins_and_the_rivals_in_order():
+    assert REGIMES == ("vanilla", "l1", "l2", "l1-local", "bimt", "weight-sparse", "clusterability", "group-lasso")
+    with pytest.raises(ModcircuitError, match="unknown regime 'bimtx'; allowed: .*weight-sparse"):
+        get_regime("bimtx")
+
+
+@pytest.mark.parametrize("regime, options", [(r, {}) for r in REGIMES] + [("group-lasso", {"group_by": "outgoing"})])
+@pytest.mark.parametrize("agg", ["sum", "mean"])
+@pytest.mark.parametrize("build", [_mlp, _transformer])
+def test_direct_penalty_gradient_equals_autograd(build, agg, regime, options):
+    model = build()
+    hooks = _hooks(model, regime, agg, clusters=2, **options)
+    pen = hooks.penalty(0.3)
     if pen.requires_grad:
         pen.backward()
     expected = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
-    add_penalty_grad_(model, regime, 0.3, 1.5, 0.2, agg)
+    hooks.add_penalty_grad_(0.3, step=1)
+    assert any(e.abs().sum() > 0 for e in expected) == (regime not in ("vanilla", "weight-sparse"))
     for p, e in zip(model.parameters(), expected):
         assert torch.allclose(p.grad, e, atol=1e-12), regime
+
+
+def test_group_lasso_is_the_sum_of_neuron_norms():
+    model = _mlp()
+    w0, w1 = model.linears[0].weight, model.linears[1].weight
+    incoming = sum(torch.linalg.norm(w[j]) for w in (w0, w1) for j in range(w.shape[0]))
+    outgoing = sum(torch.linalg.norm(w[:, i]) for w in (w0, w1) for i in range(w.shape[1]))
+    assert _hooks(model, "group-lasso").penalty(2.0).item() == pytest.approx(2 * incoming.item())
+    assert _hooks(model, "group-lasso", group_by="outgoing").penalty(2.0).item() == pytest.approx(2 * outgoing.item())
+
+
+def test_group_lasso_gradient_at_a_dead_neuron_is_zero():
+    model = _mlp()
+    with torch.no_grad():
+        model.linears[0].weight[3] = 0
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    _hooks(model, "group-lasso").add_penalty_grad_(1.0, 0)
+    g = model.linears[0].weight.grad
+    assert torch.isfinite(g).all() and g[3].abs().sum() == 0 and g[2].abs().sum() > 0
+
+
+@pytest.mark.parametrize("clusters", [2, 3])
+def test_clusterability_equals_its_definition(clusters):
+    model = _mlp()
+    hooks = _hooks(model, "clusterability", clusters=clusters, seed=4)
+    shares = []
+    for lin in model.linears:  # brute force: sklearn's labels, entry by entry
+        w = lin.weight.detach()
+        if min(w.shape) < clusters:
+            continue
+        cc = SpectralCoclustering(n_clusters=clusters, random_state=4).fit(w.abs().numpy() + 1e-12 * w.abs().max().item())
+        inside = sum(float(w[i, j]) ** 2 for i in range(w.shape[0]) for j in range(w.shape[1])
+                     if cc.row_labels_[i] == cc.column_labels_[j])
+        shares.append(inside / sum(float(v) ** 2 for v in w.flatten()))
+    assert len(shares) == 2
+    assert -hooks.penalty(1.0).item() == pytest.approx(sum(shares) / len(shares), rel=1e-12)
+    assert 0 < sum(shares) / 2 < 1
+
+
+def test_clusterability_leaves_out_matrices_smaller_than_the_clusters():
+    model = _mlp()  # linears [9, 16] and [5, 9]
+    hooks = _hooks(model, "clusterability", clusters=6)
+    assert hooks.masks[0] is not None and hooks.masks[1] is None
+
+
+def test_clusterability_training_raises_c_and_reclusters():
+    plain = mc.train("symbolic-independence", "vanilla", seed=0, steps=150)
+    run = mc.train("symbolic-independence", "clusterability", seed=0, steps=150, lam=1.0, recluster_every=50)
+    assert run.hyperparameters["regime_options"] == {"clusters": 4, "recluster_every": 50}
+    assert run.history[-1]["penalty"] < 0  # - lam * C
+    assert run.metrics["clusterability"] > plain.metrics["clusterability"]
+
+
+def test_weight_sparse_keeps_exactly_k_and_zeroes_the_moments():
+    run = mc.train("two-moons", "weight-sparse", seed=0, steps=60, density=0.2)
+    assert run.hyperparameters["regime_options"] == {"density": 0.2, "anneal": 0.5}
+    for w, _, _ in run.model.cost_terms():
+        assert int((w != 0).sum()) == kept(w.numel(), 0.2) == max(1, -(-w.numel() // 5))
+    # the moments, checked on a model whose optimizer we can see
+    task = mc.get_task("two-moons")
+    model = task.build_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    cfg = make_config(task.defaults, {"regime": "weight-sparse", "steps": 10, "density": 0.3, "anneal": 0.4})
+    hooks = get_regime("weight-sparse")(model, cfg, opt)
+    nonzero = []
+    for step in range(10):
+        opt.zero_grad()
+        task.loss_fn(model(task.x_train), task.y_train).backward()
+        opt.step()
+        hooks.after_step(step)
+        nonzero.append(int((model.linears[1].weight != 0).sum()))
+    assert nonzero[0] < 400 and nonzero == sorted(nonzero, reverse=True) and nonzero[3] == nonzero[-1] == 120
+    for w, _, _ in model.cost_terms():
+        for name in ("exp_avg", "exp_avg_sq"):
+            moment = opt.state[w][name]
+            assert moment[w == 0].abs().sum() == 0 and moment[w != 0].abs().sum() > 0
+
+
+def test_weight_sparse_density_anneals_linearly_over_the_first_half():
+    cfg = make_config({}, {"regime": "weight-sparse", "steps": 100, "density": 0.1})
+    hooks = get_regime("weight-sparse")(_mlp(), cfg)
+    assert hooks.density_at(0) == pytest.approx(1 - 0.9 / 50)
+    assert hooks.density_at(24) == pytest.approx(0.55)
+    assert hooks.density_at(49) == hooks.density_at(99) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"regime": "weight-sparse", "density": 0}, "invalid density=0: Input should be greater than 0"),
+    ({"regime": "weight-sparse", "density": 1.5}, "invalid density=1.5: Input should be less than or equal to 1"),
+    ({"regime": "l1", "density": -0.1}, "invalid density=-0.1"),
+    ({"regime": "group-lasso", "lam": -1}, "invalid lam=-1: Input should be greater than or equal to 0"),
+    ({"regime": "clusterability", "clusters": 1}, "invalid clusters=1: Input should be greater than or equal to 2"),
+    ({"regime": "group-lasso", "group_by": "sideways"}, "invalid group_by='sideways'"),
+    ({"regime": "weight-sparse", "densty": 0.1}, "unknown hyperparameter 'densty'; allowed: .*density"),
+])
+def test_bad_options_get_one_line_errors(overrides, message):
+    with pytest.raises(ModcircuitError, match=message) as e:
+        mc.train("two-moons", seed=0, steps=2, **overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_more_clusters_than_the_layers_have_is_one_line():
+    with pytest.raises(ModcircuitError, match="clusters 21 is more than the layers have: .*at most 20") as e:
+        mc.train("two-moons", "clusterability", seed=0, steps=2, clusters=21)
+    assert "\n" not in str(e.value)
+
+
+def test_options_of_other_regimes_are_accepted_and_dropped():
+    plain = make_config({}, {"regime": "l1"}).model_dump()
+    with_other = make_config({}, {"regime": "l1", "density": 0.05, "clusters": 3}).model_dump()
+    assert plain == with_other and "regime_options" not in plain  # option-less regimes keep their old keys
+    cfg = make_config({}, {"regime": "clusterability"})
+    assert cfg.regime_options == {"clusters": 4, "recluster_every": 0} and cfg.lam == 0.1  # the regime's lam
+    assert make_config({"lam": 0.5}, {"regime": "clusterability", "lam": 2.0}).lam == 2.0  # the user's wins
+    # hyperparameters written to model.json rebuild the same config
+    assert make_config({}, cfg.model_dump()).model_dump() == cfg.model_dump()
+
+
+def test_a_new_regime_is_one_class():
+    @register_regime
+    class HalfWeights(Regime):
+        name, description = "test-halve", "halves every weight matrix after each step"
+
+        def after_step(self, step):
+            for w, _, _ in self.model.cost_terms():
+                w.mul_(0.5)
+
+    try:
+        assert "test-halve" in regime_names()
+        run = mc.train("two-moons", "test-halve", seed=0, steps=3, lr=1e-9)
+        w = run.model.linears[0].weight
+        fresh = mc.get_task("two-moons").build_model  # same seed, same initial weights
+        torch.manual_seed(0)
+        assert torch.allclose(w, fresh().linears[0].weight / 8, atol=1e-6)
+    finally:
+        regimes_base._REGIMES.pop("test-halve")
 
 
 def test_connection_cost_matches_its_definition():
@@ -38,3 +208,12 @@ def test_lam_schedule_is_piecewise():
     assert lam_at(24, 100, 0.01, sched) == 0.01
     assert lam_at(25, 100, 0.01, sched) == pytest.approx(0.1)
     assert lam_at(99, 100, 0.01, sched) == pytest.approx(1.0)
+
+
+def test_torch_free_regime_list_matches_the_registry():
+    """`modcircuit --help` lists regimes from a torch-free module; it must name exactly the built-ins."""
+    from modcircuit.regime_names import DEFAULT_REGIME, REGIMES as listed
+    from modcircuit.train.regimes import REGIMES as registered, regime_names
+
+    assert listed == registered
+    assert DEFAULT_REGIME in regime_names()

@@ -156,12 +156,27 @@ def tasks_cmd(json_output: bool = typer.Option(False, "--json", help="machine-re
         options = ", ".join(f"{k}={json.dumps(v)}" for k, v in r["options"].items())
         console.print(f"{r['task']}: {r['description']}" + (f" ({r['note']})" if r.get("note") else "")
                       + f"\n  --task-option: {options or 'none'}")
+    _print_regimes(console)
+
+
+def _print_regimes(console) -> None:
+    """The registered regimes with their own options (set with --set key=value or a study's [train])."""
+    from rich.table import Table
+
+    from .train.regimes import describe_regimes, get_regime
+
+    table = Table("regime", "what it trains with", "options (default)", title="regimes (--regime)")
+    for name, description in describe_regimes().items():
+        fields = get_regime(name).Options.model_fields
+        table.add_row(name, description, ", ".join(f"{k} ({f.default})" for k, f in fields.items()) or "-")
+    console.print(table)
 
 
 @app.command("train")
 def train_cmd(
     task: str = typer.Option(..., "--task", help="task name (see `modcircuit tasks`)"),
-    regime: str = typer.Option(DEFAULT_REGIME, "--regime", help=" | ".join(REGIMES)),
+    regime: str = typer.Option(DEFAULT_REGIME, "--regime", help=f"{' | '.join(REGIMES)} (see `modcircuit tasks`; "
+                                "regime options via --set, e.g. --set density=0.05)"),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(..., "--out", help="checkpoint folder to write"),
     steps: Optional[int] = typer.Option(None, "--steps"),

@@ -87,6 +87,10 @@ class MLP(nn.Module):
         """(weight, bias, distance) per linear map: what the BIMT connection cost is computed over."""
         return [(lin.weight, lin.bias, getattr(self, f"dist_{l}")) for l, lin in enumerate(self.linears)]
 
+    def connections(self):
+        """(source layer, target layer, weight [out, in]) per linear map: the graph of neurons."""
+        return [(l, l + 1, lin.weight) for l, lin in enumerate(self.linears)]
+
     def folds(self, layer: int) -> int:
         return geometry.folds(self.layouts[layer])
 

@@ -233,6 +233,16 @@ class GeometricTransformer(nn.Module):
         terms.append((self.W_U, self.b_U, self.dist_out_res))
         return terms
 
+    def connections(self):
+        """(source layer, target layer, weight [out, in]) per linear map: the graph of neurons, with the
+        residual stream one layer shared by every block (q, k and v all run residual -> heads)."""
+        edges = [("in", "res", self.W_E), ("pos", "res", self.W_pos)]
+        for l, b in enumerate(self.blocks):
+            edges += [("res", f"head{l}", b.W_Q), ("res", f"head{l}", b.W_K), ("res", f"head{l}", b.W_V),
+                      (f"head{l}", "res", b.W_O), ("res", f"mlp{l}", b.W_in), (f"mlp{l}", "res", b.W_out)]
+        edges.append(("res", "out", self.W_U))
+        return edges
+
     # ---- forward ---------------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens:

@@ -34,6 +34,7 @@ from ..errors import ModcircuitError
 from .claims import claims_section, tested_claims
 from .groups import annotate, circuit_setting, label_groups, run_setting
 from .stats import mean_ci
+from .modularity import modularity_section
 from .values import fmt_ci, group_n, group_values, method_order, regime_order
 
 
@@ -250,7 +251,7 @@ def _compute_frame(runs, profiles):
                                 ascending=[False, True] if "created_at" in profiles else [False])
     prof = prof.drop_duplicates("run_key", keep="last")
     keep = [c for c in prof.columns if c not in ("key", "study", "task", "regime", "seed", "created_at",
-                                                 "n_params", "n_nonzero", "setting", "stale")]
+                                                 "n_params", "n_nonzero", "setting", "shared", "stale")]
     return runs.merge(prof[keep], how="left", left_on="key", right_on="run_key")
 
 
@@ -360,6 +361,7 @@ def _task_section(doc: Doc, task, comp, circ, tmp: Path, figs: list, artifacts: 
                      "many calls; throughput: examples/s at a large batch")
     if main_header is None:
         main_header, main_rows = h, rs
+    modularity_section(doc, task, comp, groups, tmp, figs, artifacts, figures)
     if figures:
         _figures(doc, task, comp, circ, groups, methods, tmp, figs, artifacts)
     return main_header, main_rows

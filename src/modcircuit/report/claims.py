@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from .groups import difference_labels
+from .groups import difference_labels, label_groups
 from .stats import compare, holm
 from .values import fmt_num, fmt_p, group_values, method_order, regime_order
 
@@ -24,6 +24,9 @@ CLAIMS = [
      "latency_ms_median", "greater", False),
     ("compact-speed", "The compacted BIMT circuit is faster at inference (batch-1 latency)", "circuits",
      "compact_latency_ms_median", "less", True),
+    ("modular-q", "BIMT models are more modular (higher Newman Q of the |W| graph)", "compute", "modularity_q",
+     "greater", False),
+    ("clusterable", "BIMT models are more clusterable (higher C)", "compute", "clusterability", "greater", False),
 ]
 
 
@@ -45,24 +48,26 @@ def tested_claims(tasks, compute, circuits) -> list[dict]:
             for m, sel, df_all in groups:
                 if df_all.empty:
                     continue
-                labels = difference_labels([json.loads(x) for x in df_all["setting"].unique()])
-                # BIMT is compared only with baselines of the same setting (groups.py)
-                for sid in sorted(df_all["setting"].unique(), key=lambda x: (labels[x], x)):
-                    df = df_all[df_all["setting"] == sid].assign(group=lambda d: d["regime"])
-                    regimes = regime_order(df["regime"].unique())
-                    a = group_values(df, TARGET, col)
-                    if TARGET not in regimes or not a:
-                        continue
-                    stale = bool(df["stale"].any())
-                    config = "; ".join(t for t in (labels[sid], "stale" if stale else "") if t)
-                    for base in regimes:
-                        b = group_values(df, base, col)
-                        if base == TARGET or not b:
+                labels = difference_labels([json.loads(x) for x in df_all["shared"].unique()])
+                # BIMT is compared only with baselines of the same shared setting (groups.py): each group
+                # (regime and its own hyperparameters) against each other group there
+                for sid in sorted(df_all["shared"].unique(), key=lambda x: (labels[x], x)):
+                    df, glabels = label_groups(df_all[df_all["shared"] == sid],
+                                               regime_order(df_all["regime"].unique()))
+                    regime_of = df.groupby("group")["regime"].first().to_dict()
+                    for target in [g for g in glabels if regime_of[g] == TARGET]:
+                        a = group_values(df, target, col)
+                        if not a:
                             continue
-                        res = compare(a, b, direction)
-                        rows.append({"claim": cid, "statement": statement, "task": task, "method": m,
-                                     "selection": sel, "config": config, "baseline": base, "metric": col,
-                                     "direction": direction, **res})
+                        config = "; ".join(t for t in (labels[sid], target[len(TARGET):].strip(" []")) if t)
+                        for base in glabels:
+                            b = group_values(df, base, col)
+                            if regime_of[base] == TARGET or not b:
+                                continue
+                            res = compare(a, b, direction)
+                            rows.append({"claim": cid, "statement": statement, "task": task, "method": m,
+                                         "selection": sel, "config": config, "baseline": base, "metric": col,
+                                         "direction": direction, **res})
     adj = holm([r["p_welch"] for r in rows])
     adj_rev = holm([r["p_welch_reverse"] for r in rows])
     for r, p, q in zip(rows, adj, adj_rev):

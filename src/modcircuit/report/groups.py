@@ -4,7 +4,12 @@ A row's *setting* is its cell's configuration minus the two axes a table spreads
 (what is averaged) and the regime (the table's rows). For a run: the task, its options and the
 resolved training config; for a circuit: its run's setting plus metric, ablation and q/k/v split
 (method and selection have their own tables). A *group* is (regime, setting): every mean, CI and
-test is computed inside one group, and BIMT is compared only with a baseline of the same setting.
+test is computed inside one group. The regime's own hyperparameters (REGIME_KEYS: lam and its
+schedule, BIMT's geometry and swaps, regime options) belong to the regime, not to the comparison:
+BIMT is compared with every baseline whose *shared setting* (the setting without them) is its own,
+so clusterability's lam or weight-sparse's density do not make it incomparable, while a change of
+steps, widths or task options does. Labels name what differs: shared keys among all groups, a
+regime's own keys only among that regime's groups.
 
 Which rows are current: a results file written by `study run` holds each study's manifest (the cell
 keys it plans, replaced on every run); rows outside every manifest are stale (an earlier version of
@@ -57,6 +62,20 @@ def circuit_setting(row: dict, run_settings: dict) -> dict:
     return s
 
 
+# training settings owned by the regime (vanilla ignores them; each rival sets its own)
+REGIME_KEYS = ("lam", "lam_schedule", "l0", "weight_factor", "agg", "top_k", "swap_every", "swap_inputs",
+               "swap_outputs", "regime_options")
+
+
+def shared_setting(setting: dict) -> dict:
+    """The setting without the regime's own hyperparameters: what BIMT and a baseline must share."""
+    return {k: v for k, v in setting.items() if k not in REGIME_KEYS}
+
+
+def own_setting(setting: dict) -> dict:
+    return {k: setting.get(k) for k in REGIME_KEYS}
+
+
 def setting_id(setting: dict) -> str:
     return json.dumps(setting, sort_keys=True, default=str)
 
@@ -81,26 +100,34 @@ def annotate(df, settings: list[dict], current_keys: set | None):
     """Add `setting` (id), `stale` (bool) to a copy of df (one setting per row, in row order)."""
     df = df.copy()
     df["setting"] = [setting_id(s) for s in settings]
+    df["shared"] = [setting_id(shared_setting(s)) for s in settings]
     df["stale"] = [False if current_keys is None else k not in current_keys for k in df["key"]]
     return df
 
 
 def label_groups(df, regime_order) -> tuple:
     """df with a `group` column ("bimt", or "bimt [steps=300; stale]" when settings differ) and the
-    group labels in display order (current first, then regimes in order)."""
+    group labels in display order (current first, then regimes in order). A group's label names the
+    shared keys that differ among all groups and the regime's own keys that differ among its groups."""
     if df.empty:
         df = df.copy()
         df["group"] = []
         return df, []
     settings = {sid: json.loads(sid) for sid in df["setting"].unique()}
-    diff = difference_labels(list(settings.values()))
+    shared = difference_labels([shared_setting(s) for s in settings.values()])
+    own: dict[str, str] = {}
+    for regime in df["regime"].unique():
+        sids = df.loc[df["regime"] == regime, "setting"].unique()
+        labels = difference_labels([own_setting(settings[sid]) for sid in sids])
+        own.update({sid: labels[setting_id(own_setting(settings[sid]))] for sid in sids})
     labels, order = [], {}
     rank = {r: i for i, r in enumerate(regime_order)}
     for regime, sid, stale in zip(df["regime"], df["setting"], df["stale"]):
-        tags = [t for t in (diff.get(sid, ""), STALE if stale else "") if t]
+        common = shared[setting_id(shared_setting(settings[sid]))]
+        tags = [t for t in (common, own[sid], STALE if stale else "") if t]
         label = f"{regime} [{'; '.join(tags)}]" if tags else str(regime)
         labels.append(label)
-        order.setdefault(label, (bool(stale), diff.get(sid, ""), rank.get(regime, len(rank))))
+        order.setdefault(label, (bool(stale), common, rank.get(regime, len(rank)), own[sid]))
     df = df.copy()
     df["group"] = labels
     return df, sorted(order, key=lambda g: order[g])

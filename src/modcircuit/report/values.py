@@ -34,9 +34,9 @@ def fmt_p(p: float | None) -> str:
 
 
 def regime_order(regimes) -> list[str]:
-    from ..train import REGIMES
+    from ..train.regimes import regime_names
 
-    order = [r for r in REGIMES if r in set(regimes)]
+    order = [r for r in regime_names() if r in set(regimes)]
     return order + sorted(set(regimes) - set(order))
 
 

@@ -1,13 +1,13 @@
 """Training hyperparameters, validated early (pydantic) with one-line errors."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
-from ..errors import ModcircuitError, choice_error
+from ..errors import ModcircuitError
 from ..limits import FLOAT_RANGES, SEED_MAX, STEPS_MAX, float_range_problem
-from .regimes import DEFAULT_REGIME, REGIMES
+from .regimes import DEFAULT_REGIME, get_regime, regime_options
 
 
 class TrainConfig(BaseModel):
@@ -34,12 +34,13 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, ge=0, le=SEED_MAX)
     device: str = "cpu"
     log_every: int | None = Field(None, ge=1)
+    # the regime's own options (its Options model, defaults filled in); see train/regimes/base.py
+    regime_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("regime")
     @classmethod
     def _regime(cls, v):
-        if v not in REGIMES:
-            raise choice_error("regime", v, REGIMES)
+        get_regime(v)
         return v
 
     @field_validator(*FLOAT_RANGES)
@@ -49,6 +50,14 @@ class TrainConfig(BaseModel):
         if problem:
             raise ValueError(problem)
         return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # left out when empty, so the configurations (and study cell keys) of option-less regimes stay as they were
+        out = handler(self)
+        if not out.get("regime_options"):
+            out.pop("regime_options", None)
+        return out
 
     @field_validator("device")
     @classmethod
@@ -69,20 +78,34 @@ class TrainConfig(BaseModel):
 
 
 def make_config(defaults: dict, overrides: dict) -> TrainConfig:
-    """Task defaults, then user overrides (None = keep the default); errors name the bad value."""
-    merged = dict(defaults)
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(merged) - set(TrainConfig.model_fields))
+    """Task defaults, then the regime's defaults, then user overrides (None = keep the default); errors
+    name the bad value. Options of any registered regime are accepted and validated; only the chosen
+    regime's are kept (so one study [train] table can set them for several regimes)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    regime = get_regime(given.get("regime", defaults.get("regime", "vanilla")))
+    merged = {**defaults, **regime.defaults, **given}
+    options = dict(merged.pop("regime_options", None) or {})
+    declared = regime_options()
+    options.update({k: merged.pop(k) for k in list(merged) if k in declared and k not in TrainConfig.model_fields})
+    unknown = sorted(set(merged) - set(TrainConfig.model_fields) | set(options) - set(declared))
     if unknown:
-        raise ModcircuitError(
-            f"unknown hyperparameter {unknown[0]!r}; allowed: {', '.join(sorted(TrainConfig.model_fields))}"
-        )
+        allowed = sorted(set(TrainConfig.model_fields) - {"regime_options"} | set(declared))
+        raise ModcircuitError(f"unknown hyperparameter {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    for key, value in options.items():
+        for cls in declared[key]:
+            _validated(cls.Options, {key: value}, {key: value})
+    mine = {k: v for k, v in options.items() if k in regime.Options.model_fields}
+    merged["regime_options"] = _validated(regime.Options, mine, mine).model_dump()
+    return _validated(TrainConfig, merged, merged)
+
+
+def _validated(model: type[BaseModel], values: dict, shown: dict):
     try:
-        return TrainConfig(**merged)
+        return model(**values)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "config"
-        value = merged.get(err["loc"][0]) if err["loc"] else None
+        value = shown.get(err["loc"][0]) if err["loc"] else None
         msg = err["msg"].removeprefix("Value error, ")
         if isinstance(err.get("ctx", {}).get("error"), ModcircuitError):
             raise err["ctx"]["error"] from None

@@ -1,4 +1,5 @@
-"""The training loop: task loss + regime penalty, Adam, BIMT swaps on schedule, progress, checkpoints.
+"""The training loop: task loss + the regime's hooks (penalty gradient, after-step projection or BIMT
+swaps; see regimes/), Adam, progress, modularity metrics, checkpoints.
 
 Deterministic per seed: the seed fixes the task data (unless a Task object is passed), the
 initial weights and the mini-batch order.
@@ -16,8 +17,8 @@ from ..limits import check_seed
 from ..tasks import Task, get_task
 from .checkpoint import Run
 from .config import make_config
-from .regimes import DEFAULT_REGIME, add_penalty_grad_, connection_cost, cost_factors, lam_at, penalty
-from .swap import relocate
+from ..nn.modularity import modularity_metrics
+from .regimes import DEFAULT_REGIME, connection_cost, get_regime, lam_at
 
 
 class TrainingDiverged(ModcircuitError):
@@ -117,8 +118,8 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     log_every = cfg.log_every or max(1, cfg.steps // 100)
     history: list[dict] = []
-    swap_seconds, n_swaps, order, cursor = 0.0, 0, None, n
-    factors = cost_factors(model, cfg.weight_factor, cfg.l0)
+    order, cursor = None, n
+    hooks = get_regime(cfg.regime)(model, cfg, opt)
 
     def cost_now() -> float:
         with torch.no_grad():
@@ -143,7 +144,8 @@ def train(
             opt.zero_grad(set_to_none=False)
             loss.backward()
             # the penalty's gradient is added directly (identical to autograd's, cheaper per step)
-            add_penalty_grad_(model, cfg.regime, lam, cfg.weight_factor, cfg.l0, cfg.agg, factors)
+            with torch.no_grad():
+                hooks.add_penalty_grad_(lam, step)
             logging = step % log_every == 0 or step == cfg.steps - 1
             if logging or step % 50 == 0:  # a divergence check without a device sync every step
                 if not torch.isfinite(loss) or any(not torch.isfinite(p.grad).all() for p in model.parameters()):
@@ -152,13 +154,11 @@ def train(
                         f"lr {cfg.lr}, lam {lam}); try a smaller --lr or --lam"
                     )
             opt.step()
-            if cfg.regime == "bimt" and (step + 1) % cfg.swap_every == 0:
-                ts = time.perf_counter()
-                n_swaps += relocate(model, cfg.top_k, cfg.weight_factor, cfg.agg, opt, cfg.swap_inputs, cfg.swap_outputs)
-                swap_seconds += time.perf_counter() - ts
+            with torch.no_grad():  # hooks edit weights and optimizer state in place
+                hooks.after_step(step)
             if logging:
                 with torch.no_grad():
-                    pen = penalty(model, cfg.regime, lam, cfg.weight_factor, cfg.l0, cfg.agg).item()
+                    pen = hooks.penalty(lam).item()
                 entry = {"step": step, "loss": loss.item(), "penalty": pen, "lam": lam, "cost": cost_now()}
                 entry.update({f"test_{k}": v for k, v in task.evaluate(model, "test").items() if k != "loss"})
                 history.append(entry)
@@ -176,9 +176,11 @@ def train(
     metrics = {f"train_{k}": v for k, v in task.evaluate(model, "train").items()}
     metrics.update({f"test_{k}": v for k, v in task.evaluate(model, "test").items()})
     metrics["connection_cost"] = cost_now()
+    metrics.update(modularity_metrics(model, task, seed))
     for k, v in metrics.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise TrainingDiverged(f"final {k} is {v} (task {task.name}, regime {regime}); try a smaller --lr or --lam")
+    swap_seconds, n_swaps = hooks.swap_seconds, hooks.n_swaps
     timings = {
         "train_seconds": seconds, "seconds_per_step": seconds / cfg.steps, "swap_seconds": swap_seconds,
         "swap_share": swap_seconds / seconds if seconds else 0.0, "n_swaps": n_swaps, "steps": cfg.steps,

@@ -1,0 +1,58 @@
+"""Weight-sparse training (Gao et al. 2025, "Weight-sparse transformers have interpretable circuits").
+
+After every optimizer step each weight matrix keeps only its k largest-magnitude entries; the rest are
+set to zero together with their Adam moments, so a pruned weight restarts from nothing if it returns.
+k falls linearly from dense to density * size over the first `anneal` fraction of training, then stays.
+Biases stay dense. lam is unused (no penalty).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .base import Regime, register_regime
+
+
+class WeightSparseOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # share of each weight matrix's entries kept at the end. 0.25 trains two-moons to test accuracy 1.0
+    # (10,000 steps, seed 0); 0.1 left it at 0.805 with 4 weights out of its 2 inputs. The paper keeps
+    # 1/64 to ~1/1000 of far larger matrices.
+    density: float = Field(0.25, gt=0, le=1)
+    anneal: float = Field(0.5, gt=0, le=1)  # fraction of training over which k falls to its target
+
+
+def kept(numel: int, density: float) -> int:
+    """How many entries a matrix of `numel` entries keeps at `density` (at least one)."""
+    return max(1, min(numel, math.ceil(density * numel - 1e-9)))
+
+
+@register_regime
+class WeightSparse(Regime):
+    name, description = "weight-sparse", "keep the top-k |W| per matrix after each step (k annealed to density)"
+    Options = WeightSparseOptions
+
+    def density_at(self, step: int) -> float:
+        """Target density after optimizer step `step` (0-based): linear from 1 to density, then flat."""
+        ramp = self.options.anneal * self.cfg.steps
+        frac = min(1.0, (step + 1) / ramp) if ramp > 0 else 1.0
+        return 1.0 - (1.0 - self.options.density) * frac
+
+    @torch.no_grad()
+    def after_step(self, step):
+        density = self.density_at(step)
+        for w, _, _ in self.model.cost_terms():
+            k = kept(w.numel(), density)
+            if k == w.numel():
+                continue
+            flat = w.view(-1)
+            mask = torch.zeros_like(flat, dtype=torch.bool)
+            mask[flat.abs().topk(k, sorted=False).indices] = True
+            flat.masked_fill_(~mask, 0.0)
+            state = self.optimizer.state.get(w, {}) if self.optimizer is not None else {}
+            for value in state.values():  # Adam's exp_avg, exp_avg_sq (and max_exp_avg_sq)
+                if torch.is_tensor(value) and value.shape == w.shape:
+                    value.view(-1).masked_fill_(~mask, 0.0)
