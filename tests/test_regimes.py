@@ -217,3 +217,23 @@ def test_torch_free_regime_list_matches_the_registry():
 
     assert listed == registered
     assert DEFAULT_REGIME in regime_names()
+
+
+def test_weight_sparse_band_search_picks_the_same_entries_as_a_full_top_k():
+    """The projection's threshold search (a band around last step's threshold) is exact: at every step of a
+    drifting matrix, with k changing as during annealing and jumps that leave the band, its mask equals the
+    plain top-k mask."""
+    from modcircuit.train.regimes.weight_sparse import WeightSparse
+
+    g = torch.Generator().manual_seed(0)
+    hooks = WeightSparse.__new__(WeightSparse)  # only the threshold search is exercised
+    hooks._last = {}
+    a = torch.rand(5000, generator=g, dtype=torch.float64)
+    for step in range(60):
+        scale = 1e-3 if step % 10 else 0.3  # every 10th step a big move, far outside the band
+        a = (a + scale * torch.randn(5000, generator=g, dtype=torch.float64)).abs()
+        k = 4000 - 50 * step
+        plain = torch.zeros_like(a, dtype=torch.bool)
+        plain[a.topk(k).indices] = True
+        got = hooks._top_k_mask(0, a, k)
+        assert int(got.sum()) == k and torch.equal(got, plain), step
