@@ -111,6 +111,11 @@ def test_files_for_other_models_and_broken_files_are_one_line_errors(tmp_path):
     d["edges"]["input->logits"] = {"score": "high", "in_graph": True}
     with pytest.raises(ModcircuitError, match="must be"):
         load_mib(edit(tmp_path, d), model)
+    for key, value, why in [("metric", "nll", "is not one of kl, mse"), ("model_fingerprint", 7, "must be of type str")]:
+        d = json.loads(json.dumps(good))
+        d["modcircuit"][key] = value
+        with pytest.raises(ModcircuitError, match=f"modcircuit.{key} .* {why}"):
+            load_mib(edit(tmp_path, d), model)
     (tmp_path / "junk.json").write_text("{nope")
     for p, why in [(tmp_path / "junk.json", "is not JSON"), (tmp_path / "none.json", "does not exist"),
                    (edit(tmp_path, {"edges": {}}), "needs objects 'cfg' and 'edges'")]:

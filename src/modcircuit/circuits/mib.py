@@ -167,9 +167,7 @@ def load_mib(path, model, *, split_qkv: bool | None = None, allow_other_model: b
         seen[k, s] = name
         scores[k, s], mask[k, s] = score, e["in_graph"]
     meta = d.get("modcircuit") if isinstance(d.get("modcircuit"), dict) else {}
-    for key, allowed in (("metric", ("kl", "mse")), ("ablation", ("resample", "zero", "mean"))):
-        if key in meta and meta[key] not in allowed:
-            raise ModcircuitError(f"{source}: modcircuit.{key} {meta[key]!r} is not one of {', '.join(allowed)}")
+    _check_meta(meta, source)
     circuit = TransformerCircuit(
         [scores], [mask], method=str(meta.get("method", "mib-import")), threshold=meta.get("threshold"),
         metric=meta.get("metric", "kl"), ablation=meta.get("ablation", "resample"),
@@ -178,6 +176,21 @@ def load_mib(path, model, *, split_qkv: bool | None = None, allow_other_model: b
         model_fingerprint=meta.get("model_fingerprint"), graph=g)
     circuit.check_model(model, allow_other_model, source)
     return circuit
+
+
+_META_TYPES = {"method": (str,), "threshold": (int, float, type(None)), "seconds": (int, float),
+               "forward_passes": (int,), "model_fingerprint": (str, type(None))}
+
+
+def _check_meta(meta: dict, source: str) -> None:
+    """Our own block, when present, holds what a circuit file would (one-line errors, not tracebacks)."""
+    for key, allowed in (("metric", ("kl", "mse")), ("ablation", ("resample", "zero", "mean"))):
+        if key in meta and meta[key] not in allowed:
+            raise ModcircuitError(f"{source}: modcircuit.{key} {meta[key]!r} is not one of {', '.join(allowed)}")
+    for key, types in _META_TYPES.items():
+        if key in meta and (not isinstance(meta[key], types) or isinstance(meta[key], bool)):
+            raise ModcircuitError(f"{source}: modcircuit.{key} {meta[key]!r} must be of type "
+                                  f"{' or '.join(t.__name__ for t in types)}")
 
 
 def _same(a: float, b: float) -> bool:
