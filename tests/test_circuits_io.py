@@ -97,6 +97,9 @@ def test_evaluate_report_on_a_trained_classifier():
     assert curve["faithfulness"][0] == pytest.approx(0.0, abs=1e-12)
     assert curve["faithfulness"][-1] == pytest.approx(1.0, abs=1e-9)
     assert rep["faithfulness"] == pytest.approx(1 - rep["kl"] / rep["divergence_empty"])
+    # MIB's summaries: CPR + CMD >= 1 - x_0 (|1 - f| >= 1 - f), both in [0, 1] on a trained net
+    x0 = rep["mib_curve"]["edges"][0] / c.n_edges
+    assert 0 <= rep["cmd"] <= 1 and 0 <= rep["cpr"] <= 1 and rep["cpr"] + rep["cmd"] >= 1 - x0 - 1e-9
     json.dumps(rep, allow_nan=False)
     full = c.with_mask([torch.ones_like(m) for m in c.mask])
     rf = evaluate(model, full, task)

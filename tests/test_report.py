@@ -109,7 +109,7 @@ def test_report_renders_tables_figures_and_claims(small_report):
     rep = small_report
     md = rep.markdown.read_text()
     html = rep.html.read_text()
-    for needle in ("## Task: symbolic-independence", "logit gap", "edges kept",
+    for needle in ("## Task: symbolic-independence", "logit gap", "edges kept", "curve area", "CPR (MIB)", "CMD (MIB)",
                    "discovery s", "train s", "latency ms", "## Claims"):
         assert needle in md
     assert html.startswith("<!DOCTYPE html>") and "<table>" in html and "<script" not in html

@@ -14,7 +14,7 @@ _LAZY = {
     "REGIMES": "train.regimes", "DEFAULT_REGIME": "train.regimes", "connection_cost": "train.regimes",
     "Run": "train.checkpoint", "load": "train.checkpoint", "TrainConfig": "train.config",
     "train": "train.trainer",
-    "discover": "circuits", "evaluate": "circuits", "Circuit": "circuits", "load_circuit": "circuits",
+    "discover": "circuits", "evaluate": "circuits", "Circuit": "circuits", "load_circuit": "circuits", "load_mib": "circuits",
     "register_method": "circuits", "method_names": "circuits", "TransformerCircuit": "circuits.circuit",
     "draw": "viz", "interactive": "viz", "record_training": "viz",
     "run_study": "study", "build_report": "report", "profile_run": "profile",

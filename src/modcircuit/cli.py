@@ -24,6 +24,8 @@ from .jsonout import dumps
 STAGE_COMMANDS = {
     "discover": ("modcircuit.circuits.cli_commands", "discover_cmd"),
     "evaluate": ("modcircuit.circuits.cli_commands", "evaluate_cmd"),
+    "export-mib": ("modcircuit.circuits.cli_commands", "export_mib_cmd"),
+    "import-mib": ("modcircuit.circuits.cli_commands", "import_mib_cmd"),
     "draw": ("modcircuit.viz.cli_commands", "draw_cmd"),
     "profile": ("modcircuit.study.cli_commands", "profile_cmd"),
     "report": ("modcircuit.study.cli_commands", "report_cmd"),

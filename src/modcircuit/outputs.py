@@ -77,6 +77,12 @@ def _circuit_not_ours(path: Path) -> str | None:
     return _json_format_mismatch(path, FORMAT)
 
 
+def _mib_not_ours(path: Path) -> str | None:
+    from .circuits.mib import MIB_FORMAT
+
+    return _json_format_mismatch(path, MIB_FORMAT)
+
+
 def _figure_not_ours(path: Path) -> str | None:
     if path.stat().st_size > _MAX_SNIFF_BYTES or FIGURE_MARK.encode() not in path.read_bytes():
         return "it carries no modcircuit figure mark"
@@ -100,6 +106,7 @@ KINDS = {
     "report": Kind("report folder", True, _report_not_ours),
     "circuit": Kind("circuit file", False, _circuit_not_ours),
     "figure": Kind("figure", False, _figure_not_ours),
+    "mib": Kind("MIB graph file", False, _mib_not_ours),
 }
 
 

@@ -254,6 +254,12 @@ class TransformerCircuit(CircuitBase):
             raise ModcircuitError(f"the circuit is for {g.n_layers} layers x {g.n_heads} heads, the model has "
                                   f"{model.n_layers} x {model.n_heads}")
 
+    def to_mib(self, path, model, *, overwrite: bool = False) -> Path:
+        """Write this circuit (found on `model`) as a MIB / EAP-IG graph JSON (see circuits/mib.py)."""
+        from .mib import save_mib
+
+        return save_mib(self, path, model, overwrite=overwrite)
+
     def to_dict(self) -> dict:
         g = self.graph
         edges = [{"source": src, "target": dst, "source_index": s, "target_index": k,

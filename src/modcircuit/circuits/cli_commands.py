@@ -1,7 +1,9 @@
-"""`modcircuit discover` and `modcircuit evaluate` (registered by modcircuit/cli.py).
+"""`modcircuit discover`, `evaluate`, `export-mib` and `import-mib` (registered by modcircuit/cli.py).
 
     modcircuit discover RUN --method acdc --threshold 0.01 [--data inputs.npz] --out circuit.json [--json]
     modcircuit evaluate RUN circuit.json [--data inputs.npz] [--json] [--allow-other-model]
+    modcircuit export-mib RUN circuit.json -o graph.json      (MIB / EAP-IG graph JSON, see circuits/mib.py)
+    modcircuit import-mib RUN graph.json -o circuit.json [--merge-qkv] [--allow-other-model]
 
 The npz holds `clean` and `corrupt` arrays of the same shape and optional `labels`; without --data the
 run's task supplies resample pairs from its test split. Bad input raises ModcircuitError (one line, exit 2).
@@ -194,3 +196,40 @@ def evaluate_cmd(
         if k in skip or v is None:
             continue
         typer.echo(f"{k:18s} {v:.6g}" if isinstance(v, float) else f"{k:18s} {v}")
+
+
+def export_mib_cmd(
+    run: Path = typer.Argument(..., help="run folder of a transformer (model.safetensors + model.json)"),
+    circuit_file: Path = typer.Argument(..., help="circuit JSON written by `modcircuit discover` on RUN"),
+    out: Path = typer.Option(..., "-o", "--out", help="MIB / EAP-IG graph JSON to write"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output, only one modcircuit wrote"),
+):
+    """Write a transformer circuit as a MIB / EAP-IG graph JSON (nodes input, a{l}.h{h}, m{l}, logits)."""
+    from ..outputs import check_output
+    from .mib import save_mib
+
+    check_output(out, "mib", overwrite=overwrite)  # before any work
+    model, _ = _load_run(run)
+    circuit = load_circuit(circuit_file, model)
+    save_mib(circuit, out, model, overwrite=overwrite)
+    typer.echo(f"{circuit.n_kept}/{circuit.n_edges} edges kept ({'q, k, v apart' if circuit.graph.split_qkv else 'q, k, v merged, written three times'}) -> {out}")
+
+
+def import_mib_cmd(
+    run: Path = typer.Argument(..., help="run folder of the transformer the MIB graph is for"),
+    mib_file: Path = typer.Argument(..., help="MIB / EAP-IG graph JSON (EAP-IG's Graph.to_json)"),
+    out: Path = typer.Option(..., "-o", "--out", help="circuit JSON to write"),
+    merge_qkv: bool = typer.Option(False, "--merge-qkv", help="merge each head's q, k, v inputs (they must agree)"),
+    allow_other_model: bool = typer.Option(False, "--allow-other-model",
+                                           help="accept a file exported from another model of the same shape"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output, only one modcircuit wrote"),
+):
+    """Read a MIB / EAP-IG graph JSON as a circuit file of RUN's model (then `modcircuit evaluate` it)."""
+    from ..outputs import check_output
+    from .mib import load_mib
+
+    check_output(out, "circuit", overwrite=overwrite)  # before any work
+    model, _ = _load_run(run)
+    circuit = load_mib(mib_file, model, split_qkv=False if merge_qkv else None, allow_other_model=allow_other_model)
+    circuit.save(out, overwrite=overwrite)
+    typer.echo(f"{circuit.n_kept}/{circuit.n_edges} edges kept -> {out}")

@@ -13,6 +13,11 @@ only at the last position; its nodes are embed, heads, MLPs and the output):
   n_edges, n_kept, edge_fraction, n_nodes, n_nodes_kept, node_fraction, seconds, forward_passes
   curve          faithfulness curve: top-n edges by score for log-spaced n, {edges, divergence, faithfulness}
   curve_area     normalized area under that curve over log10(n) (1 = perfect from the first edge)
+  mib_curve      faithfulness of the top max(1, floor(p * n_edges)) edges at MIB's edge fractions p
+                 (0.1 % .. 100 %): {fractions, edges, faithfulness}
+  cpr, cmd       MIB's circuit performance ratio (trapezoid area under that faithfulness over the kept-edge
+                 fraction k / n_edges) and circuit-model distance (the same area of |1 - faithfulness|);
+                 see mib_areas
   auc_edges, roc_edges     where edge-level truth exists (planted tasks)
   auc_inputs, roc_inputs   where input-level truth exists (symbolic tasks): an (output, input) pair is
                  scored by path flow, the sum over paths of products of the (clamped >= 0) edge scores
@@ -88,6 +93,8 @@ def evaluate(model, circuit: CircuitBase, task_or_data, *, curve_points: int = 1
     curve = faithfulness_curve(ctx, circuit.scores, curve_points, n_edges=circuit.n_edges)
     rep["curve"] = curve
     rep["curve_area"] = curve_area(curve)
+    rep["mib_curve"] = mib_curve(ctx, circuit.scores, circuit.n_edges)
+    rep["cpr"], rep["cmd"] = mib_areas(rep["mib_curve"])
     edge_truth = getattr(task, "edge_truth", None) if task is not None else None
     if edge_truth is not None:
         rep.update(_prefixed("edges", roc(circuit.scores, edge_truth)))
@@ -156,6 +163,41 @@ def curve_area(curve: dict) -> float | None:
         return None
     area = sum((xs[k + 1] - xs[k]) * (ys[k + 1] + ys[k]) / 2 for k in range(len(xs) - 1))
     return area / (xs[-1] - xs[0])
+
+
+# ---- MIB's CPR and CMD (Mueller et al. 2025, "MIB: a mechanistic interpretability benchmark") ---------
+MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def mib_edge_counts(n_edges: int) -> list[int]:
+    """Edges kept at each MIB fraction: floor(p * n_edges) as MIB counts them, but at least one edge."""
+    return [max(1, int(p * n_edges)) for p in MIB_FRACTIONS]
+
+
+def mib_curve(ctx, scores: list[torch.Tensor], n_edges: int) -> dict:
+    """Faithfulness (D_empty - D_circuit) / (D_empty - D_model) of the top-k edges by score at MIB's fractions
+    (D the circuit's divergence to the model, so D_model = 0; equal to MIB's (m(C) - m(empty)) / (m(model) -
+    m(empty)) with m = -D)."""
+    counts = mib_edge_counts(n_edges)
+    with torch.no_grad():
+        d_e = ctx.metric(ctx.forward(ctx.full_masks(False))).item()
+        divs = [ctx.metric(ctx.forward([m.to(ctx.device) for m in top_k_mask(scores, k)])).item() for k in counts]
+    return {"fractions": list(MIB_FRACTIONS), "edges": counts,
+            "faithfulness": [_normalize(d_e, d, 0.0) for d in divs]}
+
+
+def mib_areas(curve: dict) -> tuple[float | None, float | None]:
+    """(CPR, CMD) as MIB computes them: trapezoids over x = edges kept / all edges, from the first point to
+    x = 1 (not from 0, and not divided by the axis length: a circuit faithful at every point scores
+    CPR = 1 - x_0, 0.999 on graphs of 1000+ edges, and CMD = 0)."""
+    n = curve["edges"][-1]
+    xs = [k / n for k in curve["edges"]]
+    fs = curve["faithfulness"]
+    if any(f is None for f in fs):
+        return None, None
+    cpr = sum((xs[i + 1] - xs[i]) * (fs[i] + fs[i + 1]) / 2 for i in range(len(xs) - 1))
+    cmd = sum((xs[i + 1] - xs[i]) * (abs(1 - fs[i]) + abs(1 - fs[i + 1])) / 2 for i in range(len(xs) - 1))
+    return cpr, cmd
 
 
 # ---- ground truth -----------------------------------------------------------------------------------

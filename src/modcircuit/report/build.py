@@ -45,7 +45,8 @@ MAIN_CIRCUIT = [("logit_gap", "logit gap", 1, True), ("kl", "KL", 1, True), ("ms
                 ("seconds", "discovery s", 1, True)]
 MORE_CIRCUIT = [("faithfulness", "faithfulness", 1, False), ("agreement", "agreement", 1, False),
                 ("node_fraction", "node frac.", 1, True), ("forward_passes", "forward passes", 1, True),
-                ("curve_area", "curve area", 1, False), ("auc_inputs", "input ROC AUC", 1, False),
+                ("curve_area", "curve area", 1, False),
+                ("cpr", "CPR (MIB)", 1, False), ("cmd", "CMD (MIB)", 1, True), ("auc_inputs", "input ROC AUC", 1, False),
                 ("auc_edges", "edge ROC AUC", 1, False), ("compact_n_params", "circuit params", 1, True),
                 ("compact_latency_ms_median", "circuit latency ms", 1, True),
                 ("compact_throughput_median", "circuit throughput /s", 1, False)]

@@ -151,6 +151,7 @@ def run_unit(unit: Unit) -> dict:
             report = evaluate(run.model, circuit, task)
             if not cc.curves:
                 report.pop("curve", None)
+                report.pop("mib_curve", None)
             path = workdir / "circuits" / f"{cc.key}.json"
             circuit.save(path)
             artifacts[circuit_rel(cc.key)] = path.read_bytes()
