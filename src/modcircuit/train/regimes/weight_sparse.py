@@ -51,33 +51,35 @@ class WeightSparse(Regime):
             if k == w.numel():
                 continue
             flat = w.view(-1)
-            mask = self._top_k_mask(i, flat.abs(), k)
-            flat.masked_fill_(~mask, 0.0)
+            keep = self._top_k_mask(i, flat.abs(), k).to(w.dtype)  # a product is faster than masked_fill_
+            flat.mul_(keep)
             state = self.optimizer.state.get(w, {}) if self.optimizer is not None else {}
             for value in state.values():  # Adam's exp_avg, exp_avg_sq (and max_exp_avg_sq)
                 if torch.is_tensor(value) and value.shape == w.shape:
-                    value.view(-1).masked_fill_(~mask, 0.0)
+                    value.view(-1).mul_(keep)
 
     def _top_k_mask(self, i: int, a: torch.Tensor, k: int) -> torch.Tensor:
         """The k largest entries of a (exactly k). One optimizer step moves the k-th largest value little,
         so it is searched first among the entries near last step's (a band, widened until the counts show
         it holds the k-th value: exact either way); a full top-k only on the first step or on ties."""
         guess, width = self._last.get(i, (None, 0.0))
-        thr = None
+        thr = count = None
         if guess is not None:
             for _ in range(4):
                 above = int((a > guess + width).sum())
                 if above < k:
                     band = a[(a >= guess - width) & (a <= guess + width)]
                     if above + band.numel() >= k:
-                        thr = float(band.kthvalue(band.numel() - (k - above) + 1).values)
+                        thr = band.kthvalue(band.numel() - (k - above) + 1).values
+                        count = above + int((band >= thr).sum())  # = (a >= thr).sum(), from the band alone
+                        thr = float(thr)
                         break
                 width = 4 * width + 1e-12
         if thr is None:
             thr = float(a.kthvalue(a.numel() - k + 1).values)
         self._last[i] = (thr, max(2 * abs(thr - guess), 1e-9) if guess is not None else 1e-6)
         mask = a >= thr
-        if int(mask.sum()) != k:  # ties at the threshold (e.g. fewer than k non-zero entries): pick exactly k
+        if (count if count is not None else int(mask.sum())) != k:  # ties at the threshold: pick exactly k
             mask = torch.zeros_like(a, dtype=torch.bool)
             mask[a.topk(k, sorted=False).indices] = True
         return mask
