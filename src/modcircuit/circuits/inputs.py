@@ -144,3 +144,18 @@ def check_labels(labels, n_examples: int, kind: str | None, outputs: int):
         raise ModcircuitError(f"labels hold {labels[idx].item()} at index {_shown(idx)}; regression labels must "
                               "be finite numbers")
     return labels
+
+
+def patching_inputs(model, clean, corrupt, ablation: str, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The checked clean inputs and (resample ablation) corrupted ones of a patch context, on `device`;
+    the model's parameters are checked too (every graph kind's context starts here)."""
+    check_parameters(model)
+    clean = check_inputs(model, clean, "clean").to(device)
+    if ablation != "resample":  # corrupted inputs play no part (kept as given, as before)
+        return clean, corrupt
+    if corrupt is None:
+        raise ModcircuitError("resample ablation needs corrupt inputs; give corrupt or use ablation 'zero'/'mean'")
+    corrupt = as_tensor(corrupt, "corrupt")
+    if corrupt.shape != clean.shape:
+        raise ModcircuitError(f"corrupt has shape {tuple(corrupt.shape)}, clean {tuple(clean.shape)}; they must match")
+    return clean, check_inputs(model, corrupt, "corrupt").to(device)

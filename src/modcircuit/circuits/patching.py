@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..errors import ModcircuitError, choice_error
 from ..tasks.base import ABLATIONS
 from .graph import Graph, as_mlp
-from .inputs import as_tensor, check_inputs, check_parameters
+from .inputs import patching_inputs
 
 METRICS = ("kl", "mse")
 
@@ -63,15 +63,7 @@ class PatchContext:
         self.dtype = dtype
         p = next(self.model.parameters())
         self.device = p.device
-        check_parameters(self.model)
-        clean = check_inputs(self.model, clean, "clean").to(self.device)
-        if ablation == "resample":
-            if corrupt is None:
-                raise ModcircuitError("resample ablation needs corrupt inputs; give corrupt or use ablation 'zero'/'mean'")
-            corrupt = as_tensor(corrupt, "corrupt")
-            if corrupt.shape != clean.shape:
-                raise ModcircuitError(f"corrupt has shape {tuple(corrupt.shape)}, clean {tuple(clean.shape)}; they must match")
-            corrupt = check_inputs(self.model, corrupt, "corrupt").to(self.device)
+        clean, corrupt = patching_inputs(self.model, clean, corrupt, ablation, self.device)
         self.clean, self.corrupt, self.labels = clean, corrupt, labels
         self.graph = Graph.of(self.model)
         self.L = self.model.n_linears

@@ -40,7 +40,7 @@ from ..errors import ModcircuitError, choice_error
 from ..nn.transformer import GeometricTransformer
 from .circuit import TransformerCircuit
 from .graph import TransformerGraph
-from .inputs import as_tensor, check_inputs, check_parameters
+from .inputs import patching_inputs
 from .positions import Positions, resolve_positions
 
 
@@ -155,15 +155,7 @@ class TransformerPatchContext:
         self.device = self.model.W_E.device
         self.graph = TransformerGraph.of(model, split_qkv)
         self.allowed = self.graph.allowed.to(self.device)
-        check_parameters(model)
-        clean = check_inputs(model, clean, "clean").to(self.device)
-        if ablation == "resample":
-            if corrupt is None:
-                raise ModcircuitError("resample ablation needs corrupt inputs; give corrupt or use ablation 'zero'/'mean'")
-            corrupt = as_tensor(corrupt, "corrupt")
-            if corrupt.shape != clean.shape:
-                raise ModcircuitError(f"corrupt has shape {tuple(corrupt.shape)}, clean {tuple(clean.shape)}; they must match")
-            corrupt = check_inputs(model, corrupt, "corrupt").to(self.device)
+        clean, corrupt = patching_inputs(model, clean, corrupt, ablation, self.device)
         self.clean, self.corrupt, self.labels = clean, corrupt, labels
         if clean.dim() < 2:
             raise ModcircuitError(f"inputs of shape {tuple(clean.shape)} do not fit the model: they need [batch, positions"
