@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import ModcircuitError, choice_error
+from ..errors import ModcircuitError
 from ..schema import HEX64
 
 FORMAT = "modcircuit-circuit"
@@ -49,20 +49,16 @@ class Header(BaseModel):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v):
-        from .patching import METRICS
+        from .patching import check_metric
 
-        if v not in METRICS:
-            raise choice_error("metric", v, METRICS)
-        return v
+        return check_metric(v)
 
     @field_validator("ablation")
     @classmethod
     def _ablation(cls, v):
-        from ..tasks.base import ABLATIONS
+        from .patching import check_ablation
 
-        if v not in ABLATIONS:
-            raise choice_error("ablation", v, ABLATIONS)
-        return v
+        return check_ablation(v)
 
 
 class Edge(BaseModel):

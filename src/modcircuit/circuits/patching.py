@@ -39,11 +39,22 @@ def divergence(metric: str, out: torch.Tensor, target: torch.Tensor) -> torch.Te
     raise choice_error("metric", metric, METRICS)
 
 
-def check_choice(metric: str | None, ablation: str) -> None:
-    if metric is not None and metric not in METRICS:
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
         raise choice_error("metric", metric, METRICS)
+    return metric
+
+
+def check_ablation(ablation: str) -> str:
     if ablation not in ABLATIONS:
         raise choice_error("ablation", ablation, ABLATIONS)
+    return ablation
+
+
+def check_choice(metric: str | None, ablation: str) -> None:
+    if metric is not None:
+        check_metric(metric)
+    check_ablation(ablation)
 
 
 class PatchContext:

@@ -49,7 +49,6 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from ..errors import ModcircuitError, choice_error
 
-ABLATIONS = ("resample", "zero", "mean")
 # a study name becomes a file stem (results/<name>.duckdb): no separators, no leading dot
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -186,9 +185,9 @@ class StudySpec(BaseModel):
     @field_validator("ablation")
     @classmethod
     def _ablation(cls, v):
-        if v not in ABLATIONS:
-            raise choice_error("ablation", v, ABLATIONS)
-        return v
+        from ..circuits.patching import check_ablation
+
+        return check_ablation(v)
 
     @field_validator("metric")
     @classmethod
