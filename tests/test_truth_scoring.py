@@ -265,3 +265,31 @@ def test_evaluate_reports_the_truth_keys_from_any_source(one_head):
         del m.head_truth
     with pytest.raises(ModcircuitError, match="the ground truth is for 3 layers x 2 heads"):
         evaluate(m, c, (x, xc), truth=HeadTruth(3, 2, {("A2.0", "output")}), curve_points=2)
+
+
+def test_cli_evaluate_with_a_truth_file(tmp_path, capsys):
+    import json
+
+    import modcircuit as mc
+    from modcircuit.cli import main
+
+    task = mc.get_task("incontext-regression", seed=0, n_train=64, n_test=32, d_model=16, n_heads=2, d_head=4,
+                       d_mlp=16)
+    mc.train(task, "vanilla", seed=0, steps=2).save(tmp_path / "run")
+    circ = tmp_path / "c.json"
+    assert main(["discover", str(tmp_path / "run"), "--method", "eap", "--split-qkv", "--examples", "16",
+                 "--out", str(circ), "--json"]) == 0
+    truth = HeadTruth(2, 2, {("embed", "output"), ("A1.0", "output"), ("embed", "A1.0.v")}, rule="by hand")
+    (tmp_path / "truth.json").write_text(json.dumps(truth.to_dict()))
+    capsys.readouterr()
+    args = ["evaluate", str(tmp_path / "run"), str(circ), "--truth", str(tmp_path / "truth.json")]
+    assert main(args + ["--json"]) in (0, None)
+    rep = json.loads(capsys.readouterr().out)
+    c = mc.circuits.circuit.load_circuit(circ)
+    expected = head_truth_scores(c, truth)
+    for k in ("auc_heads_qkv", "auc_heads_merged", "mib_auroc", "truth_edges_qkv", "truth_edges_merged"):
+        assert rep[k] == pytest.approx(expected[k]), k
+    assert 0 <= rep["auc_heads_qkv"] <= 1 and rep["truth_rule"] == "by hand"
+    assert main(args) in (0, None)  # the text form prints the AUCs, not the curves
+    out = capsys.readouterr().out
+    assert "auc_heads_merged" in out and "mib_auroc" in out and "roc_heads_qkv" not in out and "mib_roc " not in out
