@@ -293,3 +293,37 @@ def test_cli_evaluate_with_a_truth_file(tmp_path, capsys):
     assert main(args) in (0, None)  # the text form prints the AUCs, not the curves
     out = capsys.readouterr().out
     assert "auc_heads_merged" in out and "mib_auroc" in out and "roc_heads_qkv" not in out and "mib_roc " not in out
+
+
+def test_report_shows_head_level_roc_curves_for_transformer_cells(tmp_path):
+    """Rows as a study stores them (evaluate's report, dicts as JSON text): the report's tables carry the
+    three AUCs and its figures the three ROC curves per method."""
+    import json
+
+    from modcircuit.report import build_report
+    from modcircuit.study import Store
+
+    g = TransformerGraph(2, 2, split_qkv=True)
+    truth = HeadTruth(2, 2, {("A0.1", "A1.0.k"), ("A1.0", "output"), ("embed", "output")})
+    runs, circuits = [], []
+    for regime in ("vanilla", "bimt"):
+        for s in range(2):
+            S = torch.rand(g.n_dest, g.n_src, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+            rep = head_truth_scores(circuit_of(S, g), truth)
+            rk = f"{regime}-{s}"
+            runs.append({"key": rk, "study": "syn", "task": "tiny-transformer", "regime": regime, "seed": s,
+                         "train_seconds": 1.0, "checkpoint": f"runs/{rk}"})
+            circuits.append({"key": f"c-{rk}", "run_key": rk, "study": "syn", "task": "tiny-transformer",
+                             "regime": regime, "seed": s, "method": "eap", "threshold": 0.01, "edge_count": None,
+                             "logit_gap": 0.1, "n_kept": 5, "n_edges": g.n_edges, "seconds": 0.1,
+                             "artifact": f"circuits/c-{rk}.json", **rep})
+    with Store(tmp_path / "r.duckdb") as st:
+        st.commit({"runs": runs, "circuits": circuits})
+    out = build_report(tmp_path / "r.duckdb", tmp_path / "report")
+    names = {p.name for p in out.figures}
+    for suffix in ("roc-heads-qkv", "roc-heads-merged", "roc-mib"):
+        assert f"tiny-transformer-eap-{suffix}.png" in names
+    md = out.markdown.read_text()
+    assert "head ROC AUC (q/k/v apart)" in md and "head ROC AUC (heads)" in md and "AUROC (MIB)" in md
+    assert "tiny-transformer-eap-roc.png" not in names  # no input-level truth here
+    assert json.loads(json.dumps(circuits[0]["mib_roc"]))["fractions"][0] == 0.001
