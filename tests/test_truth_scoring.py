@@ -327,3 +327,60 @@ def test_report_shows_head_level_roc_curves_for_transformer_cells(tmp_path):
     assert "head ROC AUC (q/k/v apart)" in md and "head ROC AUC (heads)" in md and "AUROC (MIB)" in md
     assert "tiny-transformer-eap-roc.png" not in names  # no input-level truth here
     assert json.loads(json.dumps(circuits[0]["mib_roc"]))["fractions"][0] == 0.001
+
+
+@pytest.mark.slow  # trains, runs a study and draws a report: ~5 s idle
+def test_a_study_stores_and_reports_head_truth_scores_when_the_task_knows_its_circuit(tmp_path, monkeypatch):
+    """A transformer task whose head_truth_for gives a truth: the study's circuit rows carry the AUCs and
+    ROC points (also with curves = false), and the report draws the head-level ROC curves."""
+    import textwrap
+
+    from modcircuit.report import build_report
+    from modcircuit.study import Store, run_study
+    from modcircuit.tasks.sequence import SequenceTask
+
+    truth = HeadTruth(2, 2, {("embed", "output"), ("A1.0", "output"), ("embed", "A1.0.v")}, rule="assumed")
+    asked = []
+
+    def head_truth_for(self, model):
+        asked.append((self.name, model.n_layers))
+        return truth
+
+    monkeypatch.setattr(SequenceTask, "head_truth_for", head_truth_for, raising=False)
+    spec = tmp_path / "t.toml"
+    spec.write_text(textwrap.dedent(f"""
+        name = "truth"
+        tasks = ["incontext-regression"]
+        regimes = ["vanilla"]
+        seeds = [0]
+        methods = ["eap"]
+        thresholds = [0.01]
+        split_qkv = true
+        curves = false
+        results = "{tmp_path / 'r.duckdb'}"
+        [task_options.incontext-regression]
+        n_train = 64
+        n_test = 32
+        d_model = 16
+        n_heads = 2
+        d_head = 4
+        d_mlp = 16
+        [train]
+        steps = 3
+        [profile]
+        enabled = false
+        fresh_process = false
+    """))
+    res = run_study(spec, progress=False, echo=lambda s: None)
+    assert not res.failures and asked == [("incontext-regression", 2)]
+    with Store(res.results, read_only=True) as s:
+        (row,) = s.rows("circuits")
+    for k in ("auc_heads_qkv", "auc_heads_merged", "mib_auroc"):
+        assert 0 <= row[k] <= 1, k
+    assert row["truth_rule"] == "assumed" and row["truth_edges_qkv"] == 3
+    import json
+
+    assert len(json.loads(row["mib_roc"])["tpr"]) == 10 and "fpr" in json.loads(row["roc_heads_merged"])
+    rep = build_report(res.results, tmp_path / "report")
+    names = {p.name for p in rep.figures}
+    assert {f"incontext-regression-eap-{s}.png" for s in ("roc-heads-qkv", "roc-heads-merged", "roc-mib")} <= names
