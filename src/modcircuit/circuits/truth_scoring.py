@@ -37,10 +37,12 @@ Ties rank by edge index (destination, then source), lower first. It is computed 
 layout (q/k/v apart for a split circuit).
 
 Where the truth comes from (`resolve_head_truth`): an explicit `truth`, else the model's `head_truth`
-attribute, else the task's `head_truth_for(model)` when the task has that method.
+attribute, else the task's `head_truth_for(model)` when the task has that method (None: no truth for that
+model, so no keys; an error it raises is evaluate's error).
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import math
@@ -173,37 +175,54 @@ def mib_budgets(n_edges: int) -> list[int]:
     return [math.ceil(round(p * n_edges, 9)) for p in MIB_FRACTIONS]
 
 
-def greedy_from_output(scores: torch.Tensor, graph: TransformerGraph, budget: int) -> torch.Tensor:
-    """MIB's greedy build (step 2 of the module docstring): bool [n_dest, n_src], `budget` edges at most."""
-    s = torch.nan_to_num(scores.double(), nan=-math.inf)
+def greedy_order(scores: torch.Tensor, graph: TransformerGraph) -> list[tuple[int, int]]:
+    """The order in which MIB's greedy build (step 2 of the module docstring) adds the edges, all of them:
+    the circuit of budget b is the first b. (dest, source) pairs."""
+    s = torch.nan_to_num(scores.double(), nan=-math.inf).tolist()  # (python floats: fast to index)
     into: dict[int, list[tuple[int, int]]] = {}  # node -> its incoming edges (k, s)
-    for k, src, _, _ in graph.edges():
-        into.setdefault(graph.dest_node(k), []).append((k, src))
+    for k in range(graph.n_dest):
+        into.setdefault(graph.dest_node(k), []).extend((k, src) for src in range(graph.dest_n_src(k)))
     n_src = graph.n_src
-    keep = torch.zeros(graph.n_dest, graph.n_src, dtype=torch.bool)
     heap: list[tuple[float, int, int, int]] = []
 
     def add_candidates(node: int):
         for k, src in into.get(node, ()):
-            heapq.heappush(heap, (-float(s[k, src]), k * n_src + src, k, src))
+            heapq.heappush(heap, (-s[k][src], k * n_src + src, k, src))
 
     in_circuit = {n_src}  # the output node
     add_candidates(n_src)
-    for _ in range(budget):
-        if not heap:
-            break
+    order = []
+    while heap:
         _, _, k, src = heapq.heappop(heap)
-        keep[k, src] = True
+        order.append((k, src))
         if src not in in_circuit:
             in_circuit.add(src)
             add_candidates(src)
+    return order
+
+
+def greedy_from_output(scores: torch.Tensor, graph: TransformerGraph, budget: int,
+                       order: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """MIB's greedy circuit of `budget` edges: bool [n_dest, n_src] (`order`: greedy_order's, if known)."""
+    order = greedy_order(scores, graph) if order is None else order
+    keep = torch.zeros(graph.n_dest, graph.n_src, dtype=torch.bool)
+    if budget > 0 and order:
+        ks, ss = zip(*order[:budget])
+        keep[list(ks), list(ss)] = True
     return keep
+
+
+@functools.lru_cache(maxsize=16)
+def _dest_nodes(n_layers: int, n_heads: int, split_qkv: bool) -> torch.Tensor:
+    """The node each destination belongs to (a head's q/k/v inputs: the head), per graph shape."""
+    g = TransformerGraph(n_layers, n_heads, split_qkv)
+    return torch.tensor([g.dest_node(k) for k in range(g.n_dest)])
 
 
 def prune(keep: torch.Tensor, graph: TransformerGraph) -> torch.Tensor:
     """MIB's pruning (step 3): drop nodes not fed or not read, and their edges, until nothing changes."""
     keep = keep.clone() & graph.allowed
-    node_of_dest = torch.tensor([graph.dest_node(k) for k in range(graph.n_dest)])
+    node_of_dest = _dest_nodes(graph.n_layers, graph.n_heads, graph.split_qkv)
     n_nodes = graph.n_src + 1
     while True:
         fed = torch.zeros(n_nodes, dtype=torch.bool)
@@ -226,9 +245,10 @@ def mib_roc(scores: torch.Tensor, truth_mask: torch.Tensor, graph: TransformerGr
     t = truth_mask & allowed
     pos, neg = int(t.sum()), int((allowed & ~t).sum())
     budgets = mib_budgets(graph.n_edges)
+    order = greedy_order(scores, graph)  # each budget's circuit is a prefix of the one greedy order
     kept, tpr, fpr = [], [], []
     for b in budgets:
-        c = prune(greedy_from_output(scores, graph, b), graph)
+        c = prune(greedy_from_output(scores, graph, b, order), graph)
         kept.append(int(c.sum()))
         tpr.append(int((c & t).sum()) / pos if pos else None)
         fpr.append(int((c & ~t & allowed).sum()) / neg if neg else None)
