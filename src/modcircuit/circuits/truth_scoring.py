@@ -84,6 +84,8 @@ def load_head_truth(path) -> HeadTruth:
         raise ModcircuitError(f"{name} is a folder; give a JSON file with n_layers, n_heads, edges") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModcircuitError(f"{name} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise ModcircuitError(f"{name} cannot be read: {e.strerror or e}") from None
     return as_head_truth(d, name)
 
 
