@@ -12,6 +12,8 @@ The cases are one table, CASES. Each row is
               {token_run}    a tiny modular-addition run (token inputs: 2 ids in [0, 59), 59 classes)
               {nan_run}      the two-moons run saved with one NaN weight (linears.1.weight[3, 4])
               {circuit}      a circuit of {run} (eap)
+              {tf_run}       a tiny transformer run (incontext-regression, 2 layers x 2 heads; no ground truth)
+              {tf_circuit}   a circuit of {tf_run} (eap, q/k/v apart)
               {npz[NAME]}    an .npz or other data file in DATA below, by NAME
               {missing}      a path that does not exist
               {bad[NAME]}    a damaged or foreign file/folder from BROKEN below (flipped checkpoint byte,
@@ -135,6 +137,13 @@ def _repeat_edge(meta):
     meta["edges"][1] = dict(meta["edges"][0])
 
 
+def _truth_file(root: Path, name: str, record) -> Path:
+    import json
+
+    (root / name).write_text(record if isinstance(record, str) else json.dumps(record))
+    return root / name
+
+
 def _user_folder(root: Path, name: str) -> Path:
     (root / name).mkdir()
     (root / name / "notes.txt").write_text("my notes")
@@ -151,6 +160,14 @@ BROKEN = {
     "edge-twice.json": lambda root: _edit_circuit(root, "edge-twice.json", _repeat_edge),
     "n-kept-wrong.json": lambda root: _edit_circuit(root, "n-kept-wrong.json", _set_key("n_kept", 5)),
     "circuit-v99.json": lambda root: _edit_circuit(root, "circuit-v99.json", _set_key("version", 99)),
+    "truth-2x2.json": lambda root: _truth_file(root, "truth-2x2.json", {"n_layers": 2, "n_heads": 2,
+                                                                         "edges": [["A1.0", "output"]]}),
+    "truth-3x2.json": lambda root: _truth_file(root, "truth-3x2.json", {"n_layers": 3, "n_heads": 2,
+                                                                         "edges": [["A2.0", "output"]]}),
+    "truth-backwards.json": lambda root: _truth_file(root, "truth-backwards.json", {
+        "n_layers": 2, "n_heads": 2, "edges": [["A1.0", "A0.1.q"]]}),
+    "truth-no-edges.json": lambda root: _truth_file(root, "truth-no-edges.json", {"n_layers": 2}),
+    "truth-garbage.json": lambda root: _truth_file(root, "truth-garbage.json", "{not json"),
     "precious": lambda root: _user_folder(root, "precious"),
     "afile.txt": lambda root: (root / "afile.txt").write_text("a user's file") and root / "afile.txt",
     "garbage.duckdb": lambda root: (root / "garbage.duckdb").write_bytes(b"not a database" * 100) and root / "garbage.duckdb",
@@ -254,6 +271,15 @@ CASES = [
     ("evaluate-circuit-n-kept-wrong", "evaluate {run} {bad[n-kept-wrong.json]}", "disagrees with the edges"),
     ("draw-circuit-version-99", "draw {run} --circuit {bad[circuit-v99.json]} -o {out}.png", "unknown circuit file version 99"),
     ("evaluate-circuit-of-another-model", "evaluate {run} {other_circuit}", "another model"),
+    # ---- evaluate: head-level ground truth ----------------------------------------------------------
+    ("evaluate-truth-missing", "evaluate {tf_run} {tf_circuit} --truth {missing}.json", "does not exist"),
+    ("evaluate-truth-not-json", "evaluate {tf_run} {tf_circuit} --truth {bad[truth-garbage.json]}", "is not valid JSON"),
+    ("evaluate-truth-not-a-record", "evaluate {tf_run} {tf_circuit} --truth {bad[truth-no-edges.json]}", "not a ground-truth record"),
+    ("evaluate-truth-backwards", "evaluate {tf_run} {tf_circuit} --truth {bad[truth-backwards.json]}", "A1.0->A0.1.q goes backwards"),
+    ("evaluate-truth-other-size", "evaluate {tf_run} {tf_circuit} --truth {bad[truth-3x2.json]} --json", "the ground truth is for 3 layers x 2 heads, the graph has 2 x 2"),
+    ("evaluate-truth-for-mlp", "evaluate {run} {circuit} --truth {bad[truth-2x2.json]}", "applies to transformer circuits"),
+    ("evaluate-require-truth-none", "evaluate {tf_run} {tf_circuit} --require-truth --json", "no head-level ground truth for this model"),
+    ("evaluate-require-truth-mlp", "evaluate {run} {circuit} --require-truth", "this circuit is an MLP's"),
     ("draw-circuit-of-another-model", "draw {run} --circuit {other_circuit} -o {out}.png", "another model"),
     # ---- outputs never destroy what modcircuit did not write ---------------------------------------
     ("train-out-user-folder", "train --task two-moons --steps 5 --out {bad[precious]}", "precious"),
@@ -310,6 +336,11 @@ def fixtures(tmp_path_factory):
     mc.train("two-moons", "vanilla", seed=1, steps=20).save(root / "other_run")  # same widths, other weights
     assert main(["discover", str(root / "other_run"), "--method", "eap", "--out", str(root / "other_circuit.json"),
                  "--json"]) == 0
+    tf_task = mc.get_task("incontext-regression", seed=0, n_train=64, n_test=32, d_model=16, n_heads=2, d_head=4,
+                          d_mlp=16)
+    mc.train(tf_task, "vanilla", seed=0, steps=2).save(root / "tf_run")
+    assert main(["discover", str(root / "tf_run"), "--method", "eap", "--split-qkv", "--examples", "16",
+                 "--out", str(root / "tf_circuit.json"), "--json"]) == 0
     bad = {name: str(build(root)) for name, build in BROKEN.items()}
     g = np.random.default_rng(0)
     npz = {}
@@ -325,6 +356,7 @@ def fixtures(tmp_path_factory):
         npz[name] = str(path)
     paths = dict(run=root / "run", token_run=root / "token_run", nan_run=root / "nan_run",
                  circuit=root / "circuit.json", other_circuit=root / "other_circuit.json", npz=npz, bad=bad,
+                 tf_run=root / "tf_run", tf_circuit=root / "tf_circuit.json",
                  missing=root / "missing")
     return root, {k: (str(v) if isinstance(v, Path) else v) for k, v in paths.items()}
 

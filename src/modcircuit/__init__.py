@@ -16,6 +16,7 @@ _LAZY = {
     "train": "train.trainer",
     "discover": "circuits", "evaluate": "circuits", "Circuit": "circuits", "load_circuit": "circuits", "load_mib": "circuits",
     "register_method": "circuits", "method_names": "circuits", "TransformerCircuit": "circuits.circuit",
+    "HeadTruth": "circuits.truth", "load_head_truth": "circuits.truth_scoring",
     "draw": "viz", "interactive": "viz", "record_training": "viz",
     "run_study": "study", "build_report": "report", "profile_run": "profile",
     "to_transformer_lens": "export", "from_transformer_lens": "export",

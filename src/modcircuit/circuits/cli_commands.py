@@ -2,6 +2,7 @@
 
     modcircuit discover RUN --method acdc --threshold 0.01 [--data inputs.npz] --out circuit.json [--json]
     modcircuit evaluate RUN circuit.json [--data inputs.npz] [--json] [--allow-other-model]
+                        [--truth truth.json] [--require-truth]   (transformers: AUC against a HeadTruth)
     modcircuit export-mib RUN circuit.json -o graph.json      (MIB / EAP-IG graph JSON, see circuits/mib.py)
     modcircuit import-mib RUN graph.json -o circuit.json [--merge-qkv] [--allow-other-model]
 
@@ -181,17 +182,25 @@ def evaluate_cmd(
     allow_other_model: bool = typer.Option(False, "--allow-other-model",
                                            help="score a circuit found on another model with the same widths "
                                                 "(deliberate transfer); refused by default"),
+    truth: Optional[Path] = typer.Option(None, "--truth",
+                                         help="transformers: a head-level ground truth (HeadTruth JSON: n_layers, "
+                                              "n_heads, edges) to score against instead of the model's or task's"),
+    require_truth: bool = typer.Option(False, "--require-truth",
+                                       help="fail unless a head-level ground truth is known (AUC wanted)"),
 ):
     """Score a circuit: faithfulness, task accuracy, sparsity, cost, ground truth where known."""
+    from .truth_scoring import load_head_truth
+
     positions = parse_positions(positions) if positions is not None else None
+    head_truth = load_head_truth(truth) if truth is not None else None  # before any work
     model, task = _load_run(run, task_options)
     circuit = load_circuit(circuit_file, model, allow_other_model)
     report = evaluate(model, circuit, _data(model, task, data), positions=positions,
-                      allow_other_model=allow_other_model)
+                      allow_other_model=allow_other_model, truth=head_truth, require_truth=require_truth)
     if json_output:
         typer.echo(dumps(report))
         return
-    skip = {"curve", "roc_edges", "roc_inputs"}
+    skip = {"curve", "mib_curve", "roc_edges", "roc_inputs", "roc_heads_qkv", "roc_heads_merged", "mib_roc"}
     for k, v in report.items():
         if k in skip or v is None:
             continue

@@ -21,6 +21,12 @@ only at the last position; its nodes are embed, heads, MLPs and the output):
   auc_edges, roc_edges     where edge-level truth exists (planted tasks)
   auc_inputs, roc_inputs   where input-level truth exists (symbolic tasks): an (output, input) pair is
                  scored by path flow, the sum over paths of products of the (clamped >= 0) edge scores
+  head-level truth (transformer circuits; `truth=`, else the model's `head_truth`, else the task's
+  `head_truth_for(model)`; require_truth=True refuses to go without one; see truth_scoring.py):
+  auc_heads_qkv, roc_heads_qkv        threshold-free ROC over the q/k/v-apart edges (split circuits only)
+  auc_heads_merged, roc_heads_merged  the same over whole heads (a split circuit's head score: max over q, k, v)
+  mib_auroc, mib_roc                  MIB's AUROC: ten greedy, pruned circuits at MIB's edge fractions
+  truth_edges_qkv, truth_edges_merged, truth_rule   the truth's size in each layout and how it was obtained
 """
 from __future__ import annotations
 
@@ -58,13 +64,18 @@ def patch_context(model, circuit: CircuitBase, clean, corrupt=None, labels=None,
 
 def evaluate(model, circuit: CircuitBase, task_or_data, *, curve_points: int = 12, split: str = "test",
              examples: int | None = None, data_seed: int | None = None, positions=None,
-             allow_other_model: bool = False) -> dict:
+             allow_other_model: bool = False, truth=None, require_truth: bool = False) -> dict:
     """Score `circuit` on `model`. A circuit found on another model (other fingerprint, same graph) is refused
-    unless allow_other_model=True, for a deliberate transfer."""
+    unless allow_other_model=True, for a deliberate transfer. truth: a transformer's HeadTruth (or its dict or
+    JSON file) to score against instead of the one the model or task knows; require_truth: fail when there
+    is none."""
+    from .truth_scoring import truth_report
+
     circuit.check_model(model, allow_other_model)
     if not isinstance(circuit, TransformerCircuit):
         model = as_mlp(model)
     clean, corrupt, labels, task = resolve_data(model, task_or_data, split=split, n=examples, seed=data_seed)
+    truth_rep = truth_report(model, task, circuit, truth, require_truth)  # before any work: it may refuse
     ctx = patch_context(model, circuit, clean, corrupt, labels, positions)
     with torch.no_grad():
         out = ctx.forward([m.to(ctx.device) for m in circuit.mask])
@@ -100,6 +111,7 @@ def evaluate(model, circuit: CircuitBase, task_or_data, *, curve_points: int = 1
         rep.update(_prefixed("edges", roc(circuit.scores, edge_truth)))
     if task is not None and task.ground_truth is not None and not isinstance(circuit, TransformerCircuit):
         rep.update(_prefixed("inputs", roc(input_scores(model, circuit.scores), task.ground_truth)))
+    rep.update(truth_rep)
     return rep
 
 

@@ -5,7 +5,8 @@
 Per task: the comparison table (regime x circuit quality, sparsity, discovery time, training time,
 memory, inference speed; mean ± 95% CI over seeds, Student t), one table per discovery method,
 a compute table, faithfulness curves per method (regimes overlaid, mean over seeds), ROC curves
-where the task has ground truth, compute bars, and network drawings with the circuit overlaid.
+where the task has ground truth (input-level for symbolic tasks; for transformers with a known circuit,
+head-level with q/k/v apart and merged, and MIB's), compute bars, and network drawings with the circuit overlaid.
 Then the claims: each claim of the study tested per task (and method) against every baseline
 regime with a one-sided Welch t-test over seeds (Mann-Whitney U beside it), Holm-corrected over all
 tests in the report; the verdict says what the data say, whichever way.
@@ -47,7 +48,9 @@ MORE_CIRCUIT = [("faithfulness", "faithfulness", 1, False), ("agreement", "agree
                 ("node_fraction", "node frac.", 1, True), ("forward_passes", "forward passes", 1, True),
                 ("curve_area", "curve area", 1, False),
                 ("cpr", "CPR (MIB)", 1, False), ("cmd", "CMD (MIB)", 1, True), ("auc_inputs", "input ROC AUC", 1, False),
-                ("auc_edges", "edge ROC AUC", 1, False), ("compact_n_params", "circuit params", 1, True),
+                ("auc_edges", "edge ROC AUC", 1, False), ("auc_heads_qkv", "head ROC AUC (q/k/v apart)", 1, False),
+                ("auc_heads_merged", "head ROC AUC (heads)", 1, False), ("mib_auroc", "AUROC (MIB)", 1, False),
+                ("compact_n_params", "circuit params", 1, True),
                 ("compact_latency_ms_median", "circuit latency ms", 1, True),
                 ("compact_throughput_median", "circuit throughput /s", 1, False)]
 MAIN_COMPUTE = [("train_seconds", "train s", 1, True), ("peak_rss_mb", "peak RSS MB", 1, True),
@@ -391,43 +394,28 @@ def _figures(doc, task, comp, circ, groups, methods, tmp, figs, artifacts):
                                     regime_order(circ["regime"].unique()))
     for m in methods:
         cm, cgroups = by_method[m]
-        if "curve" not in cm.columns:
-            continue
-        curves = {}
-        for r in cgroups:
-            cs = [json.loads(c) for c in cm.loc[cm["group"] == r, "curve"].dropna()]
-            if not cs:
-                continue
-            edges = cs[0]["edges"]
-            same = [c for c in cs if c["edges"] == edges]
-            ys = np.array([[np.nan if v is None else v for v in c["faithfulness"]] for c in same], dtype=float)
-            with np.errstate(all="ignore"):
-                mean = np.nanmean(ys, axis=0) if ys.size else ys
-            areas = [a for a in cm.loc[cm["group"] == r, "curve_area"].tolist() if a is not None] \
-                if "curve_area" in cm else []
-            curves[f"{r} (n={len(same)})"] = {"edges": edges, "faithfulness": [None if not np.isfinite(v) else float(v) for v in mean],
-                                              **({"area": float(np.nanmean(areas))} if areas else {})}
-        if curves:
-            fig = plots.faithfulness_curves(curves, title=f"{task}: {m} faithfulness vs edges (mean over seeds)")
-            doc.img(_save(fig, tmp, f"{safe}-{m}-faithfulness.png", figs),
-                    f"{task}, {m}: normalized faithfulness of the top-n edges by score, mean over seeds per regime")
-        if "roc_inputs" in cm.columns and cm["roc_inputs"].notna().any():
-            rocs = {}
+        if "curve" in cm.columns:  # (a study may store no curves; its ROC curves still show)
+            curves = {}
             for r in cgroups:
-                sub = cm[(cm["group"] == r) & cm["roc_inputs"].notna()].sort_values("seed")
-                if sub.empty:
+                cs = [json.loads(c) for c in cm.loc[cm["group"] == r, "curve"].dropna()]
+                if not cs:
                     continue
-                first = json.loads(sub["roc_inputs"].iloc[0])
-                if not first:
-                    continue
-                auc = mean_ci(sub["auc_inputs"].tolist())
-                rocs[f"{r} (mean AUC {fmt_ci(auc)})"] = {"fpr": first["fpr"], "tpr": first["tpr"],
-                                                        "auc": auc["mean"]}
-            if rocs:
-                fig = plots.roc_curves(rocs, title=f"{task}: {m} input-level ROC")
-                doc.img(_save(fig, tmp, f"{safe}-{m}-roc.png", figs),
-                        f"{task}, {m}: ROC of input-to-output path scores against the ground truth "
-                        f"(curve of the lowest seed, AUC mean ± CI over seeds)")
+                edges = cs[0]["edges"]
+                same = [c for c in cs if c["edges"] == edges]
+                ys = np.array([[np.nan if v is None else v for v in c["faithfulness"]] for c in same], dtype=float)
+                with np.errstate(all="ignore"):
+                    mean = np.nanmean(ys, axis=0) if ys.size else ys
+                areas = [a for a in cm.loc[cm["group"] == r, "curve_area"].tolist() if a is not None] \
+                    if "curve_area" in cm else []
+                faith = [None if not np.isfinite(v) else float(v) for v in mean]
+                curves[f"{r} (n={len(same)})"] = {"edges": edges, "faithfulness": faith,
+                                                  **({"area": float(np.nanmean(areas))} if areas else {})}
+            if curves:
+                fig = plots.faithfulness_curves(curves, title=f"{task}: {m} faithfulness vs edges (mean over seeds)")
+                doc.img(_save(fig, tmp, f"{safe}-{m}-faithfulness.png", figs),
+                        f"{task}, {m}: normalized faithfulness of the top-n edges by score, mean over seeds per regime")
+        for spec in ROC_FIGURES:
+            _roc_figure(doc, task, m, cm, cgroups, *spec, tmp, figs)
     bars = {}
     for col, label in (("train_seconds", "training s"), ("peak_rss_mb", "peak RSS MB"),
                        ("latency_ms_median", "latency ms (batch 1)")):
@@ -442,6 +430,45 @@ def _figures(doc, task, comp, circ, groups, methods, tmp, figs, artifacts):
     if methods:
         _drawings(doc, task, comp, by_method[methods[0]][0], by_method[methods[0]][1], methods[0], tmp, figs,
                   artifacts)
+
+
+# (roc column, auc column, file suffix, title, what the curve is): input-level truth (symbolic tasks), then
+# the head-level truth of transformer tasks (circuits/truth_scoring.py)
+ROC_FIGURES = [
+    ("roc_inputs", "auc_inputs", "roc", "input-level ROC",
+     "ROC of input-to-output path scores against the ground truth"),
+    ("roc_heads_qkv", "auc_heads_qkv", "roc-heads-qkv", "head-level ROC, q/k/v apart",
+     "head-level ROC, q/k/v inputs apart, of the edge scores against the known circuit"),
+    ("roc_heads_merged", "auc_heads_merged", "roc-heads-merged", "head-level ROC, whole heads",
+     "head-level ROC, q/k/v merged into whole heads (a head's score: max over its q, k, v inputs), against the "
+     "known circuit"),
+    ("mib_roc", "mib_auroc", "roc-mib", "MIB's ROC",
+     "MIB's ROC: ten greedy, pruned circuits at MIB's edge fractions against the known circuit (area from the "
+     "first point, FPR over the last point's)"),
+]
+
+
+def _roc_figure(doc, task, m, cm, cgroups, roc_col, auc_col, suffix, title, what, tmp, figs):
+    """One ROC figure for method m: per group the curve of its lowest seed, AUC mean ± CI over seeds."""
+    from ..viz import plots
+
+    if roc_col not in cm.columns or not cm[roc_col].notna().any():
+        return
+    rocs = {}
+    for r in cgroups:
+        sub = cm[(cm["group"] == r) & cm[roc_col].notna()].sort_values("seed")
+        if sub.empty:
+            continue
+        first = json.loads(sub[roc_col].iloc[0])
+        if not first or any(v is None for v in first["fpr"] + first["tpr"]):
+            continue
+        auc = mean_ci(sub[auc_col].tolist() if auc_col in sub else [])
+        rocs[f"{r} (mean AUC {fmt_ci(auc)})"] = {"fpr": first["fpr"], "tpr": first["tpr"], "auc": auc["mean"]}
+    if rocs:
+        safe = task.replace("/", "_")
+        fig = plots.roc_curves(rocs, title=f"{task}: {m} {title}")
+        doc.img(_save(fig, tmp, f"{safe}-{m}-{suffix}.png", figs),
+                f"{task}, {m}: {what} (curve of the lowest seed, AUC mean ± CI over seeds)")
 
 
 def _drawings(doc, task, comp, circ, groups, method, tmp, figs, artifacts):
@@ -490,4 +517,8 @@ def _method_notes(doc: Doc):
         "latency: batch-1 forward pass, median of many calls per model; throughput: examples per second at "
         "a large batch, median of repeats; circuit latency: the same for the compacted circuit (a smaller "
         "dense MLP; resample-ablation circuits are compacted by structure with zero constants).",
+        "head ROC AUC (transformers with a known circuit): threshold-free ROC of the edge scores against the "
+        "known edges, with q/k/v inputs apart and with whole heads (a head's score: the max over its inputs); "
+        "AUROC (MIB): MIB's protocol, ten greedy circuits built from the output at MIB's edge fractions, pruned "
+        "to what is connected, area over their (FPR, TPR) points from the first one.",
     ])
