@@ -221,7 +221,7 @@ def table(args) -> None:
     print(f"\nload after: {os.getloadavg()[0]:.2f}")
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--heads", type=int, default=12)
@@ -246,7 +246,12 @@ def main(argv=None):
         ap.error(f"--d-model {args.d_model} is not a multiple of --heads {args.heads}")
     if args.acdc_positions is None:
         args.acdc_positions = args.positions
-    args.passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    args.passthrough = list(argv if argv is not None else sys.argv[1:])
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.child:
         child(args)
     else:
