@@ -177,6 +177,8 @@ def table(args) -> None:
     print("|---|---|---|---|---|---|")
     for pos in args.positions.split(","):
         for what, goal in (("eap", 20.0), ("eap-ig", 120.0)):
+            if what not in args.measure:
+                continue
             r = run_child(args, f"ours:{what}:{pos}")
             if "error" in r:
                 print(f"| {pos} | {what} | error | | | {r['error']} |", flush=True)
@@ -191,10 +193,10 @@ def table(args) -> None:
         if pos not in args.acdc_positions.split(","):
             print(f"| {pos} | acdc (ours and auto-circuit's) | not run (--acdc-positions) | | | |", flush=True)
             continue
-        r = run_child(args, f"ours:acdc:{pos}")
-        if "error" in r:
+        r = run_child(args, f"ours:acdc:{pos}") if "acdc" in args.measure else None
+        if r is not None and "error" in r:
             print(f"| {pos} | acdc | error | | | {r['error']} |", flush=True)
-        else:
+        elif r is not None:
             per = r["seconds"] / r["visited"]
             print(f"| {pos} | ours acdc (exact), last {args.acdc_blocks} blocks + output: {r['visited']:,} edges "
                   f"| {r['seconds']:.1f} ({per * 1e3:.2f} ms/edge) | | {r['peak_rss_mb']:.0f} "
@@ -202,7 +204,7 @@ def table(args) -> None:
                   f"{r['visited'] - (r['edges'] - r['kept'])} of them kept |", flush=True)
             print(f"| {pos} | ours acdc, whole graph: PROJECTED ({per * 1e3:.2f} ms x {n_edges:,}) | "
                   f"{per * n_edges:.0f} ({per * n_edges / 60:.1f} min) | | | not measured |", flush=True)
-        for where in ("last", "all"):
+        for where in ("last", "all") if "auto-circuit" in args.measure else ():
             r = run_child(args, f"ac:{where}:{pos}")
             label = f"edges into the last {args.acdc_blocks} blocks + output" if where == "last" else "edges of the whole graph"
             if "not_installed" in r:
@@ -231,6 +233,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=16)
     ap.add_argument("--positions", default="last,all", help="comma-separated: last, all")
+    ap.add_argument("--measure", default="eap,eap-ig,acdc,auto-circuit",
+                    help="comma-separated: eap, eap-ig, acdc (ours), auto-circuit (its ACDC)")
     ap.add_argument("--acdc-positions", default=None, help="the positions settings ACDC runs for (default: all)")
     ap.add_argument("--steps", type=int, default=8, help="EAP-IG steps")
     ap.add_argument("--acdc-blocks", type=int, default=2, help="ACDC over the destinations of this many last blocks")
@@ -244,6 +248,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("--device cuda: CUDA is not available here")
     if args.d_model % args.heads:
         ap.error(f"--d-model {args.d_model} is not a multiple of --heads {args.heads}")
+    bad = set(args.measure.split(",")) - {"eap", "eap-ig", "acdc", "auto-circuit"}
+    if bad:
+        ap.error(f"--measure {sorted(bad)[0]!r} is not allowed; give eap, eap-ig, acdc, auto-circuit")
+    args.measure = args.measure.split(",")
     if args.acdc_positions is None:
         args.acdc_positions = args.positions
     args.passthrough = list(argv if argv is not None else sys.argv[1:])

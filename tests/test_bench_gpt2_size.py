@@ -85,3 +85,18 @@ def test_child_protocol_and_auto_circuit_column(bench, capsys):
         assert "not_installed" in r
     else:
         assert r["per_edge"] > 0 and r["sample"] == 3
+
+
+def test_measure_option(bench, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        args(bench, "--measure", "eap,acdc-plain")
+    a = args(bench, "--positions", "last,all", "--measure", "eap,auto-circuit", "--acdc-positions", "all")
+    monkeypatch.setattr(bench, "run_child", lambda _, spec: {"not_installed": "x"} if spec.startswith("ac:")
+                        else bench.ours(a, *spec.split(":")[1:]))
+    bench.table(a)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]  # (the header)
+    assert [r.split(" | ")[:2] for r in rows] == [["| last", "eap, all 46 edges"],
+                                                   ["| last", "acdc (ours and auto-circuit's)"],
+                                                   ["| all", "eap, all 46 edges"],
+                                                   ["| all", "auto-circuit acdc, edges into the last 1 blocks + output"],
+                                                   ["| all", "auto-circuit acdc, edges of the whole graph"]]
