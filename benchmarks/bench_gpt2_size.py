@@ -17,7 +17,8 @@ the patch context and the method, not the model building or the fingerprint).
 
   * EAP and EAP-IG (--steps, 8) score every edge (objective "recovered").
   * ACDC: our exact ACDC (method "acdc") over the destinations of the last --acdc-blocks blocks and the
-    output only (`destinations=`; the other edges stay in the circuit): its time per visited edge, and a
+    output only (`destinations=`; the other edges stay in the circuit): its time per visited edge (its
+    setup, the clean and corrupted source outputs, included), and a
     PROJECTED whole-graph time = that per-edge time x all edges (not measured; earlier destinations
     recompute more layers per candidate, so the projection is optimistic).
   * auto-circuit 1.0.1's ACDC (if installed; else "not installed"), on the same model exported to
