@@ -201,7 +201,7 @@ class TransformerPatchContext:
         g = self.graph
         e, ec = self._emb
         with torch.no_grad():
-            if self.ablation == "resample" and not clean_done:  # clean and corrupted inputs in one pass
+            if self.ablation == "resample" and not clean_done and self._a is None:  # both inputs in one pass
                 h, out = self.source_outputs(None, torch.cat([e, ec]))
                 B = len(e)
                 self._h, self._target = h[:, :, :B].contiguous(), out[:B]
@@ -209,6 +209,8 @@ class TransformerPatchContext:
                 return
             if not clean_done:
                 self._h, self._target = self.source_outputs(None, e)
+            if self._a is not None:  # (resample: computed alone by empty_output)
+                return
             shape = self._h.shape[3:]
             if self.ablation == "resample":
                 self._a, self._corrupt_out = self.source_outputs(None, ec)
@@ -372,7 +374,24 @@ class TransformerPatchContext:
         the circuit's mask and full_masks give it)."""
         if isinstance(M, (list, tuple)):
             (M,) = M
+        if not M.any():
+            return self.empty_output()
         return self.run(M.to(self.device))[0]
+
+    def empty_output(self) -> torch.Tensor:
+        """The empty circuit's output [B, d_out] without a patched run: with every edge ablated each destination
+        reads only constants and ablated values, so the output is unembed(const_out + sum_s a_s), with
+        resample ablation the model's output on the corrupted inputs (one plain pass, the ablated source
+        outputs kept; EAP's objective needs only this, not the clean ones)."""
+        self.forward_passes += 1
+        with torch.no_grad():
+            if self.ablation == "resample":
+                if self._corrupt_out is None:
+                    self._a, self._corrupt_out = self.source_outputs(None, self._emb[1])
+                return self._corrupt_out
+            x = self.const[self.graph.dest_out] + self.a[:, 0, 0].sum(0)  # [T, d]
+            x = x[self.positions.read].expand(self.batch, -1, -1)
+            return self.positions.select(self.model.unembed(x))
 
     def metric(self, out: torch.Tensor) -> torch.Tensor:
         return divergence(self.metric_name, out, self.target, self.positions)

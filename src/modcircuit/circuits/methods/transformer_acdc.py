@@ -13,11 +13,34 @@ from ..transformer_patching import TransformerPatchContext
 from . import MethodResult, register_method
 
 
-def _order(ctx: TransformerPatchContext, order) -> list[tuple[int, int]]:
+def _destinations(ctx: TransformerPatchContext, destinations) -> set[int] | None:
+    """The destination indices named by `destinations` (a name or a list of the graph's destination names,
+    e.g. ["output", "MLP11", "A11.0.q"]); None: all."""
+    if destinations is None:
+        return None
+    names = ctx.graph.dest_names()
+    given = [destinations] if isinstance(destinations, str) else list(destinations)
+    if not given:
+        raise ModcircuitError("destinations [] is not allowed; give at least one destination name "
+                              f"(e.g. {names[-2]!r}, 'output')")
+    index = {n: k for k, n in enumerate(names)}
+    bad = [d for d in given if d not in index]
+    if bad:
+        raise ModcircuitError(f"destination {bad[0]!r} is not in the graph; allowed: its destination names "
+                              f"({names[0]!r} ... {names[-2]!r}, 'output')")
+    return {index[d] for d in given}
+
+
+def _order(ctx: TransformerPatchContext, order, destinations=None) -> list[tuple[int, int]]:
     """ACDC's edge order: the graph's default, or a given list of (dest, source) indices, which must list
     every edge once with receivers in reverse topological order at the level of layers (the output, then per
-    layer from the last its MLP before its attention inputs; within that, any order, as auto-circuit does)."""
+    layer from the last its MLP before its attention inputs; within that, any order, as auto-circuit does).
+    destinations (names, see _destinations): only the edges into these are visited, in the same order; every
+    other edge stays in the circuit unscored (NaN), as if ACDC had not reached it."""
     g = ctx.graph
+    keep = _destinations(ctx, destinations)
+    if keep is not None:
+        return [(k, s) for k, s in _order(ctx, order) if k in keep]
     if order is None:
         return list(g.acdc_order())
     order = [(int(k), int(s)) for k, s in order]
@@ -36,11 +59,11 @@ def _order(ctx: TransformerPatchContext, order) -> list[tuple[int, int]]:
 
 
 @register_method("acdc-plain", "reference ACDC: one full masked forward pass per edge", kinds=("transformer",))
-def acdc_plain(ctx: TransformerPatchContext, threshold: float, order=None) -> MethodResult:
-    """Reference ACDC: one full masked forward pass per edge."""
+def acdc_plain(ctx: TransformerPatchContext, threshold: float, order=None, destinations=None) -> MethodResult:
+    """Reference ACDC: one full masked forward pass per edge (destinations: see _order)."""
     M = ctx.full_mask().to(ctx.dtype)
     scores = torch.full(M.shape, float("nan"), dtype=torch.float64)
-    edges = _order(ctx, order)
+    edges = _order(ctx, order, destinations)
     with torch.no_grad():
         m_cur = ctx.metric(ctx.forward(M)).item()
         for k, s in edges:
@@ -57,8 +80,10 @@ def acdc_plain(ctx: TransformerPatchContext, threshold: float, order=None) -> Me
 
 @register_method("acdc", "ACDC (Conmy et al. 2023), exact, stage by stage with speculative candidate chains",
                  kinds=("transformer",))
-def acdc_fast(ctx: TransformerPatchContext, threshold: float, max_candidates: int = 256, order=None) -> MethodResult:
+def acdc_fast(ctx: TransformerPatchContext, threshold: float, max_candidates: int = 256, order=None,
+              destinations=None) -> MethodResult:
     """ACDC with exact sequential semantics, evaluated stage by stage with speculative candidate chains
-    (same result as acdc_plain; see _StageACDC)."""
-    return _StageACDC(ctx, float(threshold), int(max_candidates)).run(_order(ctx, order))
+    (same result as acdc_plain; see _StageACDC). destinations: visit only the edges into these destination
+    names (e.g. the last blocks' to time a part of a large graph); the other edges stay in the circuit."""
+    return _StageACDC(ctx, float(threshold), int(max_candidates)).run(_order(ctx, order, destinations))
 
