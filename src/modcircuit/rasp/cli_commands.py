@@ -29,8 +29,8 @@ def tracr_cmd(
 
     model, truth, task = tracr_model(program, seed=seed)
     metrics = task.evaluate(model)
-    save(Run(model, "tracr", {"program": program}, seed=seed, hyperparameters={"compiled_by": "tracr"}, metrics=metrics), out,
-         overwrite=overwrite)
+    save(Run(model, "tracr", {"program": program}, seed=seed, hyperparameters={"compiled_by": "tracr"},
+             metrics=metrics), out, overwrite=overwrite)
     summary = {"out": str(out), "program": program, **tracr_sizes(model, truth), "metrics": metrics}
     if json_output:
         typer.echo(dumps(summary))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..circuits.truth import HeadTruth
 from ..errors import ModcircuitError
 from ..nn.transformer import GeometricTransformer
 from .programs import TRACR_EXTRA, ProgramSpec, program_spec
@@ -188,8 +187,11 @@ def residual_edges(model: GeometricTransformer, rtol: float = 1e-9) -> set:
     return edges
 
 
-def head_truth(model: GeometricTransformer) -> HeadTruth:
-    """The compiled model's circuit: residual edges whose destination lies on a path to the output."""
+def head_truth(model: GeometricTransformer):
+    """The compiled model's circuit (a circuits.truth.HeadTruth): residual edges whose destination lies on
+    a path to the output."""
+    from ..circuits.truth import HeadTruth
+
     edges = residual_edges(model)
     live = {"output"}
     # nodes from the last to the first: a node is live when one of its edges reaches a live node
