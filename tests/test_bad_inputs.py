@@ -273,7 +273,7 @@ CASES = [
     # ---- commands -----------------------------------------------------------------------------------
     ("command-unknown", "trian", "trian"),
     # ---- tracr --------------------------------------------------------------------------------------
-    ("tracr-program-unknown", "tracr revers --out {out}", "unknown tracr program 'revers'; allowed: frac_prevs, histogram, reverse, sort"),
+    ("tracr-program-unknown", "tracr revers --out {out}", "unknown tracr program 'revers'; allowed: frac_prevs, histogram, neighbours, reverse, sort"),
     ("tracr-seed-negative", "tracr reverse --seed -1 --out {out}", "-1"),
 ]
 

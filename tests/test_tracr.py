@@ -13,13 +13,12 @@ from modcircuit.errors import ModcircuitError
 
 needs_tracr = pytest.mark.skipif(importlib.util.find_spec("tracr") is None,
                                  reason="the [tracr] extra (tracr-pypi, jax) is not installed")
-PROGRAMS = ("reverse", "frac_prevs", "sort", "histogram")
 
 
 def test_unknown_program_is_one_line_listing_the_programs():
     with pytest.raises(ModcircuitError) as e:
         mc.tracr_model("revers")
-    assert str(e.value) == "unknown tracr program 'revers'; allowed: frac_prevs, histogram, reverse, sort"
+    assert str(e.value) == "unknown tracr program 'revers'; allowed: frac_prevs, histogram, neighbours, reverse, sort"
 
 
 def test_without_tracr_the_error_names_the_extra(monkeypatch):
@@ -96,7 +95,7 @@ def test_truth_follows_the_weights():
 
 @needs_tracr
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["reverse", "frac_prevs", "sort"])
+@pytest.mark.parametrize("name", ["reverse", "frac_prevs", "sort", "neighbours"])
 def test_logits_equal_tracr(name):
     _check_against_tracr(name)
 
@@ -113,6 +112,20 @@ def test_reverse_known_circuit():
         ("MLP0", "MLP1"), ("embed", "MLP1"),
         ("MLP1", "A2.0.q"), ("embed", "A2.0.q"), ("embed", "A2.0.k"), ("embed", "A2.0.v"),
         ("A2.0", "output")}
+
+
+@needs_tracr
+@pytest.mark.slow
+def test_neighbours_two_heads_and_an_empty_attention_layer():
+    """neighbours: MLP0 computes the left and right indices, layer 1's two heads fetch the two neighbours'
+    tokens, MLP1 compares them. Layer 0's attention is empty: tracr fills it with zero heads, which write
+    nothing and so are in no edge."""
+    model, truth, _ = mc.tracr_model("neighbours")
+    assert (model.n_layers, model.n_heads) == (2, 2)
+    assert float(model.blocks[0].W_Q.abs().sum() + model.blocks[0].W_O.abs().sum()) == 0.0
+    heads = [("embed", f"A1.{h}.{p}") for h in (0, 1) for p in "qkv"]
+    assert truth.edges == {*heads, ("embed", "MLP0"), ("MLP0", "A1.0.q"), ("MLP0", "A1.1.q"), ("A1.0", "MLP1"),
+                           ("A1.1", "MLP1"), ("embed", "MLP1"), ("MLP1", "output")}
 
 
 @needs_tracr

@@ -9,7 +9,7 @@ from ..jsonout import dumps
 
 
 def tracr_cmd(
-    program: str = typer.Argument(..., help="RASP program: frac_prevs, histogram, reverse, sort"),
+    program: str = typer.Argument(..., help="RASP program: frac_prevs, histogram, neighbours, reverse, sort"),
     out: Path = typer.Option(..., "--out", help="run folder to write (then: modcircuit discover RUN)"),
     seed: int = typer.Option(0, "--seed", help="shuffles the valid inputs into the train and test halves"),
     json_output: bool = typer.Option(False, "--json", help="machine-readable output"),

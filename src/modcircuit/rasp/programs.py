@@ -12,6 +12,9 @@ Every program is written here from the papers' definitions:
               (a selector width), then every position fetches the token whose target is its index.
   histogram   how often each position's token occurs in the sequence: the width of the selector
               "same token".
+  neighbours  whether a token's left and right neighbours (cyclically) are equal: two aggregates in one
+              attention layer (two heads; tracr pads the empty layer 0 attention with zero heads), then
+              a sequence map comparing them.
 
 `SPECS[name]` gives the program's builder, vocabulary, sequence length and whether its valid inputs
 must have distinct tokens (sort). Inputs are always full length (the patching graph needs one length).
@@ -69,6 +72,15 @@ def histogram_program():
     return rasp.SelectorWidth(same).named("histogram")
 
 
+def neighbours_program(n: int):
+    rasp = import_rasp()
+    left = rasp.Map(lambda i: (i - 1) % n, rasp.indices).named("left_index")
+    right = rasp.Map(lambda i: (i + 1) % n, rasp.indices).named("right_index")
+    left_tok = rasp.Aggregate(rasp.Select(rasp.indices, left, rasp.Comparison.EQ), rasp.tokens).named("left_token")
+    right_tok = rasp.Aggregate(rasp.Select(rasp.indices, right, rasp.Comparison.EQ), rasp.tokens).named("right_token")
+    return rasp.SequenceMap(lambda a, b: int(a == b), left_tok, right_tok).named("neighbours")
+
+
 @dataclass(frozen=True)
 class ProgramSpec:
     build: Callable  # () -> the RASP program (an SOp)
@@ -86,6 +98,8 @@ SPECS = {
                         description="the (distinct) tokens sorted ascending"),
     "histogram": ProgramSpec(histogram_program, (1, 2, 3), 4,
                              description="how often each position's token occurs"),
+    "neighbours": ProgramSpec(lambda: neighbours_program(4), (1, 2, 3), 4,
+                              description="whether each token's left and right neighbours (cyclic) are equal"),
 }
 
 

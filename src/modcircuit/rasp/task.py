@@ -55,7 +55,7 @@ def valid_sequences(name: str) -> list[tuple]:
     return list(itertools.product(spec.vocab, repeat=spec.seq_len))
 
 
-@register_task("tracr", "a tracr-compiled RASP program (reverse, frac_prevs, sort, histogram) with its "
+@register_task("tracr", "a tracr-compiled RASP program (reverse, frac_prevs, sort, histogram, neighbours) with its "
                         "known circuit; needs the [tracr] extra")
 def tracr_task(seed: int = 0, program: str = "reverse") -> TracrTask:
     from .compiled import compile_program, encode, output_names
