@@ -32,6 +32,7 @@ for name in SPECS:
         rows.append(dict(program=name, method=method, ablation=args.ablation, layers=sizes["layers"], heads=sizes["heads"],
                          edges=sizes["edges"], true_edges=sizes["true_edges"], kept=len(found), true_pos=tp,
                          precision=round(tp / len(found), 3) if found else None,
-                         recall=round(tp / len(truth.edges), 3), seconds=round(time.perf_counter() - t0, 2),
+                         recall=round(tp / len(truth.edges), 3),
+                         seconds=round(time.perf_counter() - t0, 2),
                          missed=sorted(truth.edges - found), extra=sorted(found - truth.edges)))
         print(json.dumps(rows[-1]), flush=True)

@@ -122,10 +122,21 @@ def test_neighbours_two_heads_and_an_empty_attention_layer():
     nothing and so are in no edge."""
     model, truth, _ = mc.tracr_model("neighbours")
     assert (model.n_layers, model.n_heads) == (2, 2)
-    assert float(model.blocks[0].W_Q.abs().sum() + model.blocks[0].W_O.abs().sum()) == 0.0
+    assert float(model.blocks[0].W_Q.detach().abs().sum() + model.blocks[0].W_O.detach().abs().sum()) == 0.0
     heads = [("embed", f"A1.{h}.{p}") for h in (0, 1) for p in "qkv"]
     assert truth.edges == {*heads, ("embed", "MLP0"), ("MLP0", "A1.0.q"), ("MLP0", "A1.1.q"), ("A1.0", "MLP1"),
                            ("A1.1", "MLP1"), ("embed", "MLP1"), ("MLP1", "output")}
+
+
+@needs_tracr
+@pytest.mark.slow
+def test_a_compiled_model_exports_to_transformer_lens_exactly():
+    pytest.importorskip("transformer_lens")
+    model, _, task = mc.tracr_model("neighbours")
+    hooked = mc.to_transformer_lens(model)
+    with torch.no_grad():
+        assert torch.equal(hooked(task.x_test), model.logits_all(task.x_test))
+        assert torch.equal(mc.from_transformer_lens(hooked).logits_all(task.x_test), model.logits_all(task.x_test))
 
 
 @needs_tracr

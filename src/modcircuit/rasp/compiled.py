@@ -28,7 +28,7 @@ import torch
 
 from ..errors import ModcircuitError
 from ..nn.transformer import GeometricTransformer
-from .programs import TRACR_EXTRA, ProgramSpec, program_spec
+from .programs import TRACR_EXTRA, program_spec
 
 BOS = "BOS"
 MLP_EXACTNESS = 100  # tracr's default: the numerical MLPs' approximation sharpness
@@ -212,7 +212,3 @@ def tracr_sizes(model: GeometricTransformer, truth: HeadTruth) -> dict:
     g = TransformerGraph(model.n_layers, model.n_heads, split_qkv=True)
     return {"layers": model.n_layers, "heads": model.n_heads, "d_model": model.d_model, "d_head": model.d_head,
             "d_mlp": model.d_mlp, "edges": int(g.allowed.sum()), "true_edges": len(truth.edges)}
-
-
-def spec_of(name: str) -> ProgramSpec:
-    return program_spec(name)
