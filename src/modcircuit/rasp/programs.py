@@ -104,6 +104,6 @@ SPECS = {
 
 
 def program_spec(name) -> ProgramSpec:
-    if name not in SPECS:
+    if not isinstance(name, str) or name not in SPECS:
         raise ModcircuitError(f"unknown tracr program {name!r}; allowed: {', '.join(sorted(SPECS))}")
     return SPECS[name]

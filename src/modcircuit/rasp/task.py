@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ModcircuitError
 from ..tasks.base import Task, register_task
-from .programs import SPECS, import_rasp, program_spec
+from .programs import import_rasp, program_spec
 
 
 @dataclass
@@ -88,8 +88,7 @@ def tracr_task(seed: int = 0, program: str = "histogram") -> TracrTask:
 
 def tracr_model(program: str, seed: int = 0):
     """(GeometricTransformer, HeadTruth, Task) of a tracr-compiled RASP program (programs.SPECS)."""
-    if not isinstance(program, str) or program not in SPECS:
-        program_spec(program if isinstance(program, str) else repr(program))
+    program_spec(program)  # an unknown name fails before anything is imported or compiled
     from ..tasks import get_task
 
     task = get_task("tracr", seed=seed, program=program)
