@@ -298,6 +298,9 @@ CASES = [
     ("study-key-unknown", "study run {bad[unknown-key.toml]} --dry-run --no-estimate", "seedz"),
     # ---- commands -----------------------------------------------------------------------------------
     ("command-unknown", "trian", "trian"),
+    # ---- tracr --------------------------------------------------------------------------------------
+    ("tracr-program-unknown", "tracr revers --out {out}", "unknown tracr program 'revers'; allowed: frac_prevs, histogram, neighbours, reverse, sort"),
+    ("tracr-seed-negative", "tracr reverse --seed -1 --out {out}", "-1"),
 ]
 
 

@@ -20,6 +20,7 @@ _LAZY = {
     "draw": "viz", "interactive": "viz", "record_training": "viz",
     "run_study": "study", "build_report": "report", "profile_run": "profile",
     "to_transformer_lens": "export", "from_transformer_lens": "export",
+    "tracr_model": "rasp",
 }
 __all__ = sorted(_LAZY)
 

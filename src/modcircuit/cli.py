@@ -30,6 +30,7 @@ STAGE_COMMANDS = {
     "profile": ("modcircuit.study.cli_commands", "profile_cmd"),
     "report": ("modcircuit.study.cli_commands", "report_cmd"),
     "study": ("modcircuit.study.cli_commands", {"run": "study_run_cmd"}),
+    "tracr": ("modcircuit.rasp.cli_commands", "tracr_cmd"),
 }
 GROUP_HELP = {"study": "Run studies: tasks x regimes x seeds x methods."}
 
