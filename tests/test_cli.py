@@ -29,6 +29,8 @@ def test_tasks_lists_every_task():
     assert r.returncode == 0
     names = {row["task"] for row in json.loads(r.stdout)}
     assert {"two-moons", "digits", "symbolic-independence"} <= names
+    tracr = [row for row in json.loads(r.stdout) if row["task"] == "tracr"]
+    assert tracr and tracr[0]["note"] == "model built on demand"  # listed without compiling a program
 
 
 # bad train arguments (and every other bad input) are cases of the table in test_bad_inputs.py

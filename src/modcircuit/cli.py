@@ -124,11 +124,15 @@ def _parse_sets(items: list[str]) -> dict:
 @app.command("tasks")
 def tasks_cmd(json_output: bool = typer.Option(False, "--json", help="machine-readable output")):
     """List tasks with their default model, training settings and task options."""
-    from .tasks.base import _REGISTRY, get_task, task_option_defaults
+    from .tasks.base import _BUILT_ON_DEMAND, _REGISTRY, get_task, task_option_defaults
 
     rows = []
     for name in sorted(_REGISTRY):
         row = {"task": name, "description": _REGISTRY[name][1], "options": task_option_defaults(name)}
+        if name in _BUILT_ON_DEMAND:  # compiling it would take seconds: its model is known once built
+            row.update(widths=None, loss=None, defaults={}, note="model built on demand")
+            rows.append(row)
+            continue
         try:
             t = get_task(name)
             row.update(widths=t.widths, loss=t.loss, defaults=t.defaults)

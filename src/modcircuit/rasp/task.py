@@ -56,7 +56,7 @@ def valid_sequences(name: str) -> list[tuple]:
 
 
 @register_task("tracr", "a tracr-compiled RASP program (reverse, frac_prevs, sort, histogram, neighbours) with its "
-                        "known circuit; needs the [tracr] extra")
+                        "known circuit; needs the [tracr] extra", list_without_building=True)
 def tracr_task(seed: int = 0, program: str = "histogram") -> TracrTask:
     from .compiled import compile_program, encode, output_names
 

@@ -132,11 +132,15 @@ class Task:
 
 TaskBuilder = Callable[..., Task]
 _REGISTRY: dict[str, tuple[TaskBuilder, str]] = {}
+# tasks whose building is expensive (compiling a program): `modcircuit tasks` lists them without building
+_BUILT_ON_DEMAND: set[str] = set()
 
 
-def register_task(name: str, description: str = ""):
+def register_task(name: str, description: str = "", *, list_without_building: bool = False):
     def deco(fn: TaskBuilder) -> TaskBuilder:
         _REGISTRY[name] = (fn, description)
+        if list_without_building:
+            _BUILT_ON_DEMAND.add(name)
         return fn
 
     return deco
