@@ -233,7 +233,7 @@ def test_weight_sparse_band_search_picks_the_same_entries_as_a_full_top_k(dtype,
     drifting matrix, with k falling as during annealing, then rising, with jumps that leave the band, and
     (levels > 0) values on a coarse grid so that many entries tie at the k-th value, its mask equals the
     plain top-k mask."""
-    from modcircuit.train.regimes.weight_sparse import kth_largest, top_k_keep
+    from modcircuit.train.regimes.weight_sparse import kth_largest, top_k_keep, top_k_keep_torch
 
     g = torch.Generator().manual_seed(0)
     a = torch.rand(5000, generator=g, dtype=dtype)
@@ -249,6 +249,7 @@ def test_weight_sparse_band_search_picks_the_same_entries_as_a_full_top_k(dtype,
         assert thr == a.sort().values[-k] and count == int((a >= a.sort().values[-k]).sum()), step
         got, hint = top_k_keep(a.numpy(), k, hint)
         assert int(got.sum()) == k and torch.equal(torch.from_numpy(got), plain), step
+        assert torch.equal(top_k_keep_torch(a, k), plain), step  # the path for tensors off the CPU
         tied_steps += int((a == a[plain].min()).sum()) > 1
     assert (tied_steps == 80) if levels else (tied_steps == 0)  # the grid makes ties at the k-th value every step
 
