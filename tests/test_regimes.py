@@ -287,3 +287,27 @@ def test_weight_sparse_training_equals_a_plain_projection_step_for_step():
             for name in ("exp_avg", "exp_avg_sq"):
                 assert torch.equal(opts[0].state[w][name], opts[1].state[v][name]), (step, name)
     assert all(int((w != 0).sum()) == kept(w.numel(), 0.1) for w, _, _ in fast.cost_terms())
+
+
+def test_weight_sparse_projection_follows_a_new_optimizer_and_new_weight_memory():
+    """The projection keeps its numpy views between steps; a fresh optimizer (new moment tensors) or a weight
+    given new memory (w.data = ...) must be seen, not the stale views written."""
+    task = mc.get_task("two-moons")
+    model = task.build_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    cfg = make_config(task.defaults, {"regime": "weight-sparse", "steps": 10, "density": 0.3})
+    hooks = get_regime("weight-sparse")(model, cfg, opt)
+    for step in range(10):
+        if step == 4:
+            opt = hooks.optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        if step == 7:
+            for w, _, _ in model.cost_terms():
+                w.data = w.data.clone()
+        opt.zero_grad()
+        task.loss_fn(model(task.x_train), task.y_train).backward()
+        opt.step()
+        hooks.after_step(step)
+        for w, _, _ in model.cost_terms():
+            assert int((w != 0).sum()) == kept(w.numel(), hooks.density_at(step)), step
+            for name in ("exp_avg", "exp_avg_sq"):
+                assert opt.state[w][name][w == 0].abs().sum() == 0, (step, name)

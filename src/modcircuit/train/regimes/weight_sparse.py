@@ -88,6 +88,10 @@ class WeightSparse(Regime):
     def __init__(self, model, cfg, optimizer=None):
         super().__init__(model, cfg, optimizer)
         self._hints: dict[int, tuple[float, float]] = {}  # matrix index -> (last k-th value, band half-width)
+        self._cache = None  # see _targets
+        # the weight matrices, once: the trainer never replaces a parameter (swaps and this projection write in
+        # place), and cost_terms() costs ~10 module attribute look-ups a step
+        self._weights = [w for w, _, _ in model.cost_terms()]
 
     def density_at(self, step: int) -> float:
         """Target density after optimizer step `step` (0-based): linear from 1 to density, then flat."""
@@ -95,23 +99,42 @@ class WeightSparse(Regime):
         frac = min(1.0, (step + 1) / ramp) if ramp > 0 else 1.0
         return 1.0 - (1.0 - self.options.density) * frac
 
-    @torch.no_grad()
+    # no torch.no_grad() decorator (its ~5 us a call counts at these sizes): every write below goes through
+    # a numpy view or a detached tensor, which autograd does not see
     def after_step(self, step):
         density = self.density_at(step)
-        for i, (w, _, _) in enumerate(self.model.cost_terms()):
-            k = kept(w.numel(), density)
-            if k == w.numel():
+        for i, (n, flat, arrays) in enumerate(self._targets()):
+            k = kept(n, density)
+            if k == n:
                 continue
-            state = self.optimizer.state.get(w, {}) if self.optimizer is not None else {}
-            # Adam's exp_avg, exp_avg_sq (and max_exp_avg_sq)
-            moments = [v for v in state.values() if torch.is_tensor(v) and v.shape == w.shape]
-            if w.device.type == "cpu":
-                flat = w.detach().view(-1).numpy()
+            if flat is not None:
                 keep, self._hints[i] = top_k_keep(np.abs(flat), k, self._hints.get(i))
-                keep = keep.astype(flat.dtype)  # one cast, then three same-type products (half the time of bool ones)
-                for t in (flat, *(m.view(-1).numpy() for m in moments)):
+                keep = keep.astype(flat.dtype)  # one cast, then same-type products (half the time of bool ones)
+                for t in arrays:
                     np.multiply(t, keep, out=t)
             else:
-                keep = top_k_keep_torch(w.detach().view(-1).abs(), k)
-                for t in (w, *moments):
-                    t.view(-1).mul_(keep)
+                keep = top_k_keep_torch(arrays[0].abs(), k)
+                for t in arrays:
+                    t.mul_(keep)
+
+    def _targets(self) -> list[tuple[int, np.ndarray | None, list]]:
+        """Per weight matrix: its size, |W|'s flat numpy view (None off the CPU), and the flat views of W and of
+        its Adam moments (exp_avg, exp_avg_sq, max_exp_avg_sq) to zero. Kept between steps (making the views
+        costs more than the projection of a small matrix); rebuilt when a weight's memory or the optimizer's
+        state tensors change, which the key (data pointers and state tensors, by identity) shows."""
+        weights = self._weights
+        states = [self.optimizer.state.get(w, {}) if self.optimizer is not None else {} for w in weights]
+        key = [(w.data_ptr(), *st.values()) for w, st in zip(weights, states)]
+        cached = self._cache
+        if cached is not None and len(cached[0]) == len(key) and all(
+                len(a) == len(b) and a[0] == b[0] and all(x is y for x, y in zip(a[1:], b[1:]))
+                for a, b in zip(cached[0], key)):
+            return cached[1]
+        targets = []
+        for w, st in zip(weights, states):
+            views = [t.detach().view(-1) for t in (w, *st.values()) if torch.is_tensor(t) and t.shape == w.shape]
+            cpu = w.device.type == "cpu"
+            arrays = [v.numpy() for v in views] if cpu else views
+            targets.append((w.numel(), arrays[0] if cpu else None, arrays))
+        self._cache = (key, targets)
+        return targets
