@@ -219,21 +219,95 @@ def test_torch_free_regime_list_matches_the_registry():
     assert DEFAULT_REGIME in regime_names()
 
 
-def test_weight_sparse_band_search_picks_the_same_entries_as_a_full_top_k():
+def _plain_top_k(a: torch.Tensor, k: int) -> torch.Tensor:
+    """The straightforward projection mask the fast one must equal: torch.topk's k entries (its pick among ties)."""
+    keep = torch.zeros_like(a, dtype=torch.bool)
+    keep[a.topk(k, sorted=False).indices] = True
+    return keep
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("levels", [0, 40])
+def test_weight_sparse_band_search_picks_the_same_entries_as_a_full_top_k(dtype, levels):
     """The projection's threshold search (a band around last step's threshold) is exact: at every step of a
-    drifting matrix, with k changing as during annealing and jumps that leave the band, its mask equals the
+    drifting matrix, with k falling as during annealing, then rising, with jumps that leave the band, and
+    (levels > 0) values on a coarse grid so that many entries tie at the k-th value, its mask equals the
     plain top-k mask."""
-    from modcircuit.train.regimes.weight_sparse import WeightSparse
+    from modcircuit.train.regimes.weight_sparse import kth_largest, top_k_keep, top_k_keep_torch
 
     g = torch.Generator().manual_seed(0)
-    hooks = WeightSparse.__new__(WeightSparse)  # only the threshold search is exercised
-    hooks._last = {}
-    a = torch.rand(5000, generator=g, dtype=torch.float64)
-    for step in range(60):
+    a = torch.rand(5000, generator=g, dtype=dtype)
+    hint, tied_steps = None, 0
+    for step in range(80):
         scale = 1e-3 if step % 10 else 0.3  # every 10th step a big move, far outside the band
-        a = (a + scale * torch.randn(5000, generator=g, dtype=torch.float64)).abs()
-        k = 4000 - 50 * step
-        plain = torch.zeros_like(a, dtype=torch.bool)
-        plain[a.topk(k).indices] = True
-        got = hooks._top_k_mask(0, a, k)
-        assert int(got.sum()) == k and torch.equal(got, plain), step
+        a = (a + scale * torch.randn(5000, generator=g, dtype=dtype)).abs()
+        if levels:
+            a = torch.round(a * levels) / levels
+        k = 4000 - 50 * step if step < 60 else 1000 + 90 * (step - 60)
+        plain = _plain_top_k(a, k)
+        thr, count, _ = kth_largest(a.numpy(), k, hint)
+        assert thr == a.sort().values[-k] and count == int((a >= a.sort().values[-k]).sum()), step
+        got, hint = top_k_keep(a.numpy(), k, hint)
+        assert int(got.sum()) == k and torch.equal(torch.from_numpy(got), plain), step
+        assert torch.equal(top_k_keep_torch(a, k), plain), step  # the path for tensors off the CPU
+        tied_steps += int((a == a[plain].min()).sum()) > 1
+    assert (tied_steps == 80) if levels else (tied_steps == 0)  # the grid makes ties at the k-th value every step
+
+
+def test_weight_sparse_training_equals_a_plain_projection_step_for_step():
+    """Training under the regime gives bit-identical weights and Adam moments to a plain loop that zeroes all
+    but torch.topk's k entries of each |W| (and their moments) after every step, while k anneals; the weights
+    start on a coarse grid, so the first projections cut through ties."""
+    task = mc.get_task("two-moons")
+    models = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = task.build_model([2, 24, 24, 2])
+        with torch.no_grad():
+            for w, _, _ in model.cost_terms():
+                w.copy_(torch.round(w * 4) / 4)
+        models.append(model)
+    fast, plain = models
+    opts = [torch.optim.Adam(m.parameters(), lr=3e-2) for m in models]
+    cfg = make_config(task.defaults, {"regime": "weight-sparse", "steps": 40, "density": 0.1, "anneal": 0.5})
+    hooks = get_regime("weight-sparse")(fast, cfg, opts[0])
+    for step in range(40):
+        for model, opt in zip(models, opts):
+            opt.zero_grad()
+            task.loss_fn(model(task.x_train), task.y_train).backward()
+            opt.step()
+        hooks.after_step(step)
+        with torch.no_grad():
+            for w, _, _ in plain.cost_terms():
+                keep = _plain_top_k(w.abs().view(-1), kept(w.numel(), hooks.density_at(step))).view_as(w)
+                for t in (w, opts[1].state[w]["exp_avg"], opts[1].state[w]["exp_avg_sq"]):
+                    t.mul_(keep)
+        for (w, _, _), (v, _, _) in zip(fast.cost_terms(), plain.cost_terms()):
+            assert torch.equal(w, v), step
+            for name in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(opts[0].state[w][name], opts[1].state[v][name]), (step, name)
+    assert all(int((w != 0).sum()) == kept(w.numel(), 0.1) for w, _, _ in fast.cost_terms())
+
+
+def test_weight_sparse_projection_follows_a_new_optimizer_and_new_weight_memory():
+    """The projection keeps its numpy views between steps; a fresh optimizer (new moment tensors) or a weight
+    given new memory (w.data = ...) must be seen, not the stale views written."""
+    task = mc.get_task("two-moons")
+    model = task.build_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    cfg = make_config(task.defaults, {"regime": "weight-sparse", "steps": 10, "density": 0.3})
+    hooks = get_regime("weight-sparse")(model, cfg, opt)
+    for step in range(10):
+        if step == 4:
+            opt = hooks.optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        if step == 7:
+            for w, _, _ in model.cost_terms():
+                w.data = w.data.clone()
+        opt.zero_grad()
+        task.loss_fn(model(task.x_train), task.y_train).backward()
+        opt.step()
+        hooks.after_step(step)
+        for w, _, _ in model.cost_terms():
+            assert int((w != 0).sum()) == kept(w.numel(), hooks.density_at(step)), step
+            for name in ("exp_avg", "exp_avg_sq"):
+                assert opt.state[w][name][w == 0].abs().sum() == 0, (step, name)
