@@ -18,6 +18,9 @@ class TrainConfig(BaseModel):
     steps: int = Field(2000, ge=1, le=STEPS_MAX)
     lr: float = Field(1e-3, gt=0)
     batch_size: int | None = Field(None, ge=1)  # None = full batch
+    # "adam": weight_decay is an L2 term added to the gradient (torch Adam); "adamw": decoupled weight decay
+    # (Loshchilov & Hutter), each step w -= lr * weight_decay * w, as in the grokking papers
+    optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = Field(0.0, ge=0)
     lam: float = Field(1e-3, ge=0)
     # [[fraction of steps, multiplier of lam], ...]: piecewise-constant schedule
@@ -57,6 +60,8 @@ class TrainConfig(BaseModel):
         out = handler(self)
         if not out.get("regime_options"):
             out.pop("regime_options", None)
+        if out.get("optimizer") == "adam":  # likewise for the optimizer every configuration had before AdamW
+            out.pop("optimizer")
         return out
 
     @field_validator("device")
