@@ -159,6 +159,8 @@ BROKEN = {
     "bad-widths.toml": lambda root: _study(root, "bad-widths.toml", _STUDY.format(name="widths")
                                            + "[train]\nwidths = [2, 8, 3]\n"),
     "unknown-key.toml": lambda root: _study(root, "unknown-key.toml", _STUDY.format(name="typo") + "seedz = [1]\n"),
+    "control-bogus.toml": lambda root: _study(root, "control-bogus.toml", _STUDY.format(name="ctl")
+                                              + 'control = "shuffled"\n'),
 }
 
 CASES = [
@@ -270,6 +272,9 @@ CASES = [
     ("study-metric-unknown", "study run {bad[metric-foo.toml]} --dry-run --no-estimate", "unknown metric 'foo'"),
     ("study-widths-misfit", "study run {bad[bad-widths.toml]} --dry-run --no-estimate", "widths [2, 8, 3] do not fit task two-moons"),
     ("study-key-unknown", "study run {bad[unknown-key.toml]} --dry-run --no-estimate", "seedz"),
+    ("train-set-optimizer-unknown", "train --task two-moons --set optimizer=sgd --out {out}", "optimizer='sgd'"),
+    ("study-control-unknown", "study run {bad[control-bogus.toml]} --dry-run --no-estimate",
+     "unknown control 'shuffled'; allowed: none, permuted-labels"),
     # ---- commands -----------------------------------------------------------------------------------
     ("command-unknown", "trian", "trian"),
 ]

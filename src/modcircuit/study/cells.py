@@ -163,7 +163,9 @@ def run_unit(unit: Unit) -> dict:
             artifacts[circuit_rel(cc.key)] = path.read_bytes()
             row = circuit_row(unit, cc, report)
             if cc.target is not None:
-                row.update({"target": cc.target, "label_seed": cc.label_seed})
+                row["target"] = cc.target
+                if cc.label_seed is not None:  # (a None would make the column text)
+                    row["label_seed"] = cc.label_seed
             elif unit.profile is not None and hasattr(circuit, "compact"):  # (head-level circuits do not compact)
                 small = compact_for_profile(circuit, run.model)
                 row.update(count_params(small, "compact_"))

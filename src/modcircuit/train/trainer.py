@@ -112,7 +112,7 @@ def train(
         model = task.build_model(cfg.widths, cfg.activation)
     model.to(device)
     optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    opt = optimizer(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = optimizer(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
     x_all, y_all = task.x_train.to(device), task.y_train.to(device)
     n = len(x_all)
     batch = n if cfg.batch_size is None else min(cfg.batch_size, n)
@@ -140,6 +140,9 @@ def train(
                 cursor += batch
                 xb, yb = x_all[idx], y_all[idx]
             lam = lam_at(step, cfg.steps, cfg.lam, cfg.lam_schedule)
+            if cfg.lr_schedule:  # piecewise constant, read like lam's
+                for group in opt.param_groups:
+                    group["lr"] = lam_at(step, cfg.steps, cfg.lr, cfg.lr_schedule)
             out = model(xb)
             loss = task.loss_fn(out, yb)
             opt.zero_grad(set_to_none=False)
