@@ -42,3 +42,24 @@ def test_adam_configurations_keep_their_keys_and_bad_optimizers_are_named():
     assert make_config({}, {"optimizer": "adamw"}).model_dump()["optimizer"] == "adamw"
     with pytest.raises(ModcircuitError, match="optimizer='sgd'"):
         make_config({}, {"optimizer": "sgd"})
+
+
+def test_lr_schedule_multiplies_the_learning_rate_from_its_fraction_of_the_steps_on():
+    # lr x0 from half of 4 steps on: the last two steps change nothing, so the weights are those of 2 steps
+    kw = dict(optimizer="adamw", lr=0.01, weight_decay=1.0)
+    half = mc.train("two-moons", "vanilla", seed=0, steps=4, lr_schedule=[[0.5, 0.0]], **kw)
+    two = mc.train("two-moons", "vanilla", seed=0, steps=2, **kw)
+    four = mc.train("two-moons", "vanilla", seed=0, steps=4, **kw)
+    for a, b, c in zip(half.model.parameters(), two.model.parameters(), four.model.parameters()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, c) for a, c in zip(half.model.parameters(), four.model.parameters()))
+    assert half.hyperparameters["lr_schedule"] == [(0.5, 0.0)] or half.hyperparameters["lr_schedule"] == [[0.5, 0.0]]
+
+
+def test_betas_reach_the_optimizer():
+    # Adam's first step is the same for any betas (bias correction); the second is not
+    a = mc.train("two-moons", "vanilla", seed=0, steps=2, betas=[0.9, 0.98])
+    b = mc.train("two-moons", "vanilla", seed=0, steps=2)
+    assert any(not torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+    with pytest.raises(ModcircuitError, match="betas"):
+        make_config({}, {"betas": [0.9, 1.0]})
