@@ -202,7 +202,7 @@ CASES = [
     ("train-out-missing", "train --task two-moons", "--out"),
     # ---- discover: options --------------------------------------------------------------------------
     ("discover-method-unknown", "discover {run} --method acdx --out {out}", "unknown method 'acdx'"),
-    ("discover-metric-unknown", "discover {run} --metric l1 --out {out}", "unknown metric 'l1'; allowed: kl, mse"),
+    ("discover-metric-unknown", "discover {run} --metric l1 --out {out}", "unknown metric 'l1'; allowed: kl, logit-diff, mse"),
     ("discover-ablation-unknown", "discover {run} --ablation noise --out {out}", "unknown ablation 'noise'"),
     ("discover-precision-unknown", "discover {run} --precision float16 --out {out}", "unknown precision 'float16'"),
     ("discover-threshold-negative", "discover {run} --threshold -0.5 --out {out}", "threshold -0.5 is not allowed; give a finite number >= 0"),
