@@ -176,6 +176,8 @@ BROKEN = {
     "bad-widths.toml": lambda root: _study(root, "bad-widths.toml", _STUDY.format(name="widths")
                                            + "[train]\nwidths = [2, 8, 3]\n"),
     "unknown-key.toml": lambda root: _study(root, "unknown-key.toml", _STUDY.format(name="typo") + "seedz = [1]\n"),
+    "control-bogus.toml": lambda root: _study(root, "control-bogus.toml", _STUDY.format(name="ctl")
+                                              + 'control = "shuffled"\n'),
 }
 
 CASES = [
@@ -217,7 +219,7 @@ CASES = [
     ("train-out-missing", "train --task two-moons", "--out"),
     # ---- discover: options --------------------------------------------------------------------------
     ("discover-method-unknown", "discover {run} --method acdx --out {out}", "unknown method 'acdx'"),
-    ("discover-metric-unknown", "discover {run} --metric l1 --out {out}", "unknown metric 'l1'; allowed: kl, mse"),
+    ("discover-metric-unknown", "discover {run} --metric l1 --out {out}", "unknown metric 'l1'; allowed: kl, logit-diff, mse"),
     ("discover-ablation-unknown", "discover {run} --ablation noise --out {out}", "unknown ablation 'noise'"),
     ("discover-precision-unknown", "discover {run} --precision float16 --out {out}", "unknown precision 'float16'"),
     ("discover-threshold-negative", "discover {run} --threshold -0.5 --out {out}", "threshold -0.5 is not allowed; give a finite number >= 0"),
@@ -296,6 +298,9 @@ CASES = [
     ("study-metric-unknown", "study run {bad[metric-foo.toml]} --dry-run --no-estimate", "unknown metric 'foo'"),
     ("study-widths-misfit", "study run {bad[bad-widths.toml]} --dry-run --no-estimate", "widths [2, 8, 3] do not fit task two-moons"),
     ("study-key-unknown", "study run {bad[unknown-key.toml]} --dry-run --no-estimate", "seedz"),
+    ("train-set-optimizer-unknown", "train --task two-moons --set optimizer=sgd --out {out}", "optimizer='sgd'"),
+    ("study-control-unknown", "study run {bad[control-bogus.toml]} --dry-run --no-estimate",
+     "unknown control 'shuffled'; allowed: none, permuted-labels"),
     # ---- commands -----------------------------------------------------------------------------------
     ("command-unknown", "trian", "trian"),
     # ---- tracr --------------------------------------------------------------------------------------

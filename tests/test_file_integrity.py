@@ -344,7 +344,7 @@ COMMON_CASES = [  # (id, edit, message): for both the MLP and the transformer ci
     ("version-str", _set("version", "2"), r"unknown circuit file version '2'; allowed: 1, 2"),
     ("format", _set("format", "x"), r"is not a modcircuit circuit file"),
     ("graph", _set("graph", "cnn"), r"unknown graph 'cnn'; allowed: mlp, transformer"),
-    ("metric", _set("metric", "foo"), r"metric: unknown metric 'foo'; allowed: kl, mse"),
+    ("metric", _set("metric", "foo"), r"metric: unknown metric 'foo'; allowed: kl, logit-diff, mse"),
     ("ablation", _set("ablation", "noise"), r"ablation: unknown ablation 'noise'; allowed: mean, resample, zero"),
     ("seconds", _set("seconds", -1), r"seconds=-1 is not allowed; expected greater than or equal to 0"),
     ("seconds-inf", _set("seconds", float("inf")), r"seconds=inf is not allowed; expected a finite number"),

@@ -74,7 +74,7 @@ def test_damaged_results_file_is_one_line_for_report_and_study(tmp_path, capsys,
 @pytest.mark.parametrize("kw, needle", [
     ({"name": "../../evil"}, "study name '../../evil' is not a safe file name; allowed: 1-64 letters"),
     ({"name": "a/b"}, "not a safe file name"),
-    ({"extra": 'metric = "foo"'}, "unknown metric 'foo'; allowed: default, kl, mse"),
+    ({"extra": 'metric = "foo"'}, "unknown metric 'foo'; allowed: default, kl, logit-diff, mse"),
     ({"train": "widths = [2, 8, 3]"}, "widths [2, 8, 3] do not fit task two-moons"),
     ({"train": 'activation = "nope"'}, "unknown activation 'nope'"),
     ({"task": "incontext-regression", "methods": '["magnitude-act"]'}, "method 'magnitude-act' does not support"),

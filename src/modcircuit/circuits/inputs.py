@@ -159,3 +159,24 @@ def patching_inputs(model, clean, corrupt, ablation: str, device) -> tuple[torch
     if corrupt.shape != clean.shape:
         raise ModcircuitError(f"corrupt has shape {tuple(corrupt.shape)}, clean {tuple(clean.shape)}; they must match")
     return clean, check_inputs(model, corrupt, "corrupt").to(device)
+
+
+def permuted_labels(labels, seed: int) -> torch.Tensor:
+    """A nonsense target for control runs: the labels moved across examples by a seeded derangement (example
+    i takes the label of another example, never its own; the two can still be the same class by chance).
+    The same labels and seed always give the same permutation."""
+    from ..limits import check_seed
+
+    check_seed(seed, "label seed")
+    labels = as_tensor(labels, "labels")
+    if labels.dim() == 0 or len(labels) < 2:
+        raise ModcircuitError(f"{0 if labels.dim() == 0 else len(labels)} labels cannot be permuted across "
+                              "examples; give at least two")
+    # numpy's generator, not torch's: with torch's, seed s would repeat exactly the derangement that
+    # Task.patching_pairs draws for a task of seed s, making the nonsense target the corrupt inputs' labels
+    import numpy as np
+
+    order = torch.as_tensor(np.random.default_rng([int(seed), 1]).permutation(len(labels)))
+    partner = torch.empty_like(order)
+    partner[order] = order.roll(1)
+    return labels[partner]

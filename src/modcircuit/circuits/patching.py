@@ -23,20 +23,55 @@ from ..tasks.base import ABLATIONS
 from .graph import Graph, as_mlp
 from .inputs import patching_inputs
 
-METRICS = ("kl", "mse")
+METRICS = ("kl", "mse", "logit-diff")
 
 
 # ---- metrics against the model (reduce the last two dims: examples, outputs) ----------------------
-def divergence(metric: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """KL(model || circuit) averaged over examples (batchmean), or mean squared error to the model.
-    `out` may carry leading candidate dims [..., B, n_out]; `target` is [B, n_out]."""
+def logit_diff(out: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Per example, the logit of class c_b minus the mean logit: out [..., B, n_out], classes [B] -> [..., B]."""
+    picked = out.gather(-1, classes.expand(*out.shape[:-1])[..., None])[..., 0]
+    return picked - out.mean(-1)
+
+
+def divergence(metric: str, out: torch.Tensor, target: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(model || circuit) averaged over examples (batchmean), mean squared error to the model, or
+    "logit-diff": the model's mean logit difference minus the circuit's, toward `classes` (the labels, when
+    the context has them; else the model's own classes) -- 0 for the model, negative when the circuit
+    favours those classes more than the model does. `out` may carry leading candidate dims [..., B, n_out];
+    `target` is [B, n_out]."""
     if metric == "kl":
         logp = F.log_softmax(target, -1)
         logq = F.log_softmax(out, -1)
         return (logp.exp() * (logp - logq)).sum(-1).mean(-1)
     if metric == "mse":
         return ((out - target) ** 2).mean((-1, -2))
+    if metric == "logit-diff":
+        c = target.argmax(-1) if classes is None else classes
+        return (logit_diff(target, c) - logit_diff(out, c)).mean(-1)
     raise choice_error("metric", metric, METRICS)
+
+
+def label_classes(labels, metric: str, n_out: int, device, positions_of=None) -> torch.Tensor | None:
+    """The classes the logit-diff metric aims at: the labels (integers, one per example), moved to output
+    positions by `positions_of` (an MLP whose outputs were swapped), or None (other metrics, or no labels:
+    the model's own classes). Labels matter to no other metric, so they are read only for this one."""
+    if metric != "logit-diff":
+        return None
+    if n_out < 2:
+        raise ModcircuitError(f"metric 'logit-diff' needs a classification model; this one has {n_out} output")
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+        raise ModcircuitError("metric 'logit-diff' needs integer class labels; these are "
+                              f"{str(labels.dtype).replace('torch.', '')}")
+    classes = labels.long().reshape(-1)
+    if len(classes) and (classes.min() < 0 or classes.max() >= n_out):
+        raise ModcircuitError(f"labels hold classes {int(classes.min())}..{int(classes.max())}; they must lie in "
+                              f"[0, {n_out})")
+    if positions_of is not None:
+        classes = positions_of[classes]
+    return classes.to(device)
 
 
 def check_metric(metric: str) -> str:
@@ -76,6 +111,9 @@ class PatchContext:
         self.device = p.device
         clean, corrupt = patching_inputs(self.model, clean, corrupt, ablation, self.device)
         self.clean, self.corrupt, self.labels = clean, corrupt, labels
+        # output position of class k: argsort(out_perm)[k] (readout's inverse)
+        self.classes = label_classes(labels, metric, self.model.widths[-1], self.device,
+                                     torch.argsort(self.model.out_perm).cpu())
         self.graph = Graph.of(self.model)
         self.L = self.model.n_linears
         with torch.no_grad():
@@ -140,11 +178,11 @@ class PatchContext:
         return h
 
     def metric(self, out: torch.Tensor) -> torch.Tensor:
-        return divergence(self.metric_name, out, self.target)
+        return divergence(self.metric_name, out, self.target, self.classes)
 
     def divergence(self, metric: str, out: torch.Tensor) -> torch.Tensor:
-        """KL or MSE of outputs `out` to the model's."""
-        return divergence(metric, out, self.target)
+        """KL, MSE or logit-diff of outputs `out` to the model's."""
+        return divergence(metric, out, self.target, self.classes)
 
     def full_masks(self, value: bool = True) -> list[torch.Tensor]:
         return [torch.full(s, value, dtype=torch.bool, device=self.device) for s in self.graph.shapes]

@@ -41,20 +41,26 @@ from ..nn.transformer import GeometricTransformer
 from .circuit import TransformerCircuit
 from .graph import TransformerGraph
 from .inputs import patching_inputs
+from .patching import METRICS, label_classes, logit_diff
 from .positions import Positions, resolve_positions
 
 
-METRICS = ("kl", "mse")
 ABLATIONS = ("resample", "zero", "mean")
 OBJECTIVES = ("recovered", "logit-diff")
 
 
-def divergence(metric: str, out: torch.Tensor, target: torch.Tensor, positions: Positions | None = None) -> torch.Tensor:
-    """KL(model || circuit) (batchmean) or MSE to the model; out [..., B, n_out], target [B, n_out] (the last
-    position), or with positions other than the last out [..., B, n, n_out], target [B, n, n_out], averaged
-    over the chosen (example, position) pairs."""
+def divergence(metric: str, out: torch.Tensor, target: torch.Tensor, positions: Positions | None = None,
+               classes: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(model || circuit) (batchmean), MSE to the model, or the logit difference the circuit loses toward
+    `classes` (patching.divergence; the model's own classes when None); out [..., B, n_out], target [B, n_out]
+    (the last position), or with positions other than the last out [..., B, n, n_out], target [B, n, n_out],
+    averaged over the chosen (example, position) pairs."""
     if metric not in METRICS:
         raise choice_error("metric", metric, METRICS)
+    if metric == "logit-diff":
+        c = target.argmax(-1) if classes is None else classes
+        gap = logit_diff(target, c) - logit_diff(out, c)
+        return gap.mean(-1) if positions is None or positions.last else positions.average(gap)
     if positions is None or positions.last:
         if metric == "kl":
             logp, logq = F.log_softmax(target, -1), F.log_softmax(out, -1)
@@ -161,6 +167,10 @@ class TransformerPatchContext:
             raise ModcircuitError(f"inputs of shape {tuple(clean.shape)} do not fit the model: they need [batch, positions"
                                   f"{'' if model.tokens else ', ' + str(model.d_input)}]")
         self.positions = resolve_positions(positions, clean.shape[0], clean.shape[1])
+        self.classes = label_classes(labels, metric, model.d_out, self.device)
+        if self.classes is not None and not self.positions.last:
+            raise ModcircuitError("metric 'logit-diff' with labels reads the last position only (labels are one "
+                                  "class per example); use positions \"last\" or give no labels")
         self.forward_passes = 0
         self._means = means
         with torch.no_grad():  # checks the inputs fit the model (the runs themselves happen on first use)
@@ -394,11 +404,11 @@ class TransformerPatchContext:
             return self.positions.select(self.model.unembed(x))
 
     def metric(self, out: torch.Tensor) -> torch.Tensor:
-        return divergence(self.metric_name, out, self.target, self.positions)
+        return divergence(self.metric_name, out, self.target, self.positions, self.classes)
 
     def divergence(self, metric: str, out: torch.Tensor) -> torch.Tensor:
-        """KL or MSE of outputs `out` to the model's, averaged over the chosen positions."""
-        return divergence(metric, out, self.target, self.positions)
+        """KL, MSE or logit-diff of outputs `out` to the model's, averaged over the chosen positions."""
+        return divergence(metric, out, self.target, self.positions, self.classes)
 
     def full_mask(self, value: bool = True) -> torch.Tensor:
         return self.allowed.clone() if value else torch.zeros_like(self.allowed)

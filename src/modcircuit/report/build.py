@@ -33,6 +33,7 @@ from ..atomic import replace_dir, staging_dir
 from ..outputs import check_output, prepare_output, write_report_marker
 from ..errors import ModcircuitError
 from .claims import claims_section, tested_claims
+from .control import control_section, split_control
 from .groups import annotate, circuit_setting, label_groups, run_setting
 from .stats import mean_ci
 from .modularity import modularity_section
@@ -271,9 +272,12 @@ def build_report(results, out, *, title: str | None = None, figures: bool = True
     if runs.empty:
         raise ModcircuitError(f"results file {str(results)!r} holds no current runs; {note}")
     compute = _compute_frame(runs, profiles)
+    circuits, control = split_control(circuits)  # the nonsense-target control has its own section
     if not circuits.empty:
         circuits = circuits.copy()
         circuits["selection"] = [_selection(r) for r in circuits.to_dict("records")]
+    if not control.empty:
+        control = control.assign(selection=[_selection(r) for r in control.to_dict("records")])
 
     prepare_output(final, "report", overwrite=overwrite)
     tmp = staging_dir(final)
@@ -298,6 +302,7 @@ def build_report(results, out, *, title: str | None = None, figures: bool = True
             tables[task] = _task_section(doc, task, compute[compute["task"] == task],
                                          circuits[circuits["task"] == task] if not circuits.empty else circuits,
                                          tmp, figs, frames["artifacts"], figures)
+        control_section(doc, control)
         _method_notes(doc)
         (tmp / "report.md").write_text(doc.markdown())
         (tmp / "index.html").write_text(doc.html(title, tmp))

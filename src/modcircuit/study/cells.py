@@ -147,8 +147,14 @@ def run_unit(unit: Unit) -> dict:
                 kw["split_qkv"] = True
             if cc.positions is not None:
                 kw["positions"] = cc.positions
-            circuit = discover(run.model, task, method=cc.method, metric=cc.metric, ablation=cc.ablation, **kw)
-            report = evaluate(run.model, circuit, task)
+            data = task
+            if cc.target is not None:  # a control cell: true or permuted labels, logit-diff (study/control.py)
+                from .control import control_inputs, control_options
+
+                data = control_inputs(task, cc.target, cc.label_seed)
+                kw.update(control_options(run.model, cc.method))
+            circuit = discover(run.model, data, method=cc.method, metric=cc.metric, ablation=cc.ablation, **kw)
+            report = evaluate(run.model, circuit, data)
             if not cc.curves:
                 report.pop("curve", None)
                 report.pop("mib_curve", None)
@@ -156,7 +162,11 @@ def run_unit(unit: Unit) -> dict:
             circuit.save(path)
             artifacts[circuit_rel(cc.key)] = path.read_bytes()
             row = circuit_row(unit, cc, report)
-            if unit.profile is not None and hasattr(circuit, "compact"):  # (head-level circuits do not compact)
+            if cc.target is not None:
+                row["target"] = cc.target
+                if cc.label_seed is not None:  # (a None would make the column text)
+                    row["label_seed"] = cc.label_seed
+            elif unit.profile is not None and hasattr(circuit, "compact"):  # (head-level circuits do not compact)
                 small = compact_for_profile(circuit, run.model)
                 row.update(count_params(small, "compact_"))
                 row["compact_widths"] = list(small.widths)

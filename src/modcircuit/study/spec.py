@@ -14,6 +14,8 @@
     positions = "all"            # transformer tasks: output positions the metric averages over
                                  # ("last" (default), "all" or a list of indices)
     task_fallbacks = {mnist = "digits"}   # use digits when mnist cannot be built (no IDX files)
+    control = "permuted-labels"  # classification tasks: each circuit also for true and permuted labels
+    control_seed = 0             # (logit-diff metric; see study/control.py)
 
     [train]                      # TrainConfig overrides for every task
     steps = 3000
@@ -48,6 +50,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..errors import ModcircuitError, choice_error
+from ..limits import SEED_MAX
 
 # a study name becomes a file stem (results/<name>.duckdb): no separators, no leading dot
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -119,6 +122,8 @@ class StudySpec(BaseModel):
     curves: bool = True
     split_qkv: bool = False
     positions: str | list[int] | None = None
+    control: str | None = None
+    control_seed: int = Field(0, ge=0, le=SEED_MAX)
     device: str = "cpu"
     train: dict[str, Any] = Field(default_factory=dict)
     task_train: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -165,6 +170,17 @@ class StudySpec(BaseModel):
             raise ModcircuitError("positions [] chooses no position; give \"last\", \"all\" or indices")
         return None if v == "last" else v  # the default: cells keep the keys they had before positions existed
 
+    @field_validator("control")
+    @classmethod
+    def _control(cls, v):
+        from .control import CONTROLS
+
+        if v in (None, "", "none"):
+            return None
+        if v not in CONTROLS:
+            raise choice_error("control", v, ("none", *CONTROLS))
+        return v
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v):
@@ -208,6 +224,9 @@ class StudySpec(BaseModel):
 
     @model_validator(mode="after")
     def _cross(self):
+        if self.control and self.positions is not None:
+            raise ModcircuitError(f"control {self.control!r} compares labels, one class per example at the last "
+                                  f"position; it cannot be combined with positions {self.positions!r}")
         for m, sel in self.method_selection.items():
             if m not in self.methods:
                 raise ModcircuitError(f"[method_selection.{m}] names a method that is not in methods; methods: "
@@ -355,6 +374,8 @@ class CircuitCell:
     curves: bool
     split_qkv: bool = False  # transformer tasks only
     positions: str | list[int] | None = None  # transformer tasks only (None: the last position)
+    target: str | None = None  # control cells: "labels" or "permuted-labels" (study/control.py); None: the study's
+    label_seed: int | None = None  # the permutation's seed (permuted-labels only)
     key: str = ""
 
     def __post_init__(self):
@@ -364,11 +385,13 @@ class CircuitCell:
             cfg["split_qkv"] = True
         if self.positions is not None:  # (likewise: only when set)
             cfg["positions"] = self.positions
+        if self.target is not None:  # (likewise)
+            cfg["target"], cfg["label_seed"] = self.target, self.label_seed
         self.key = self.key or config_key(cfg)
 
     def label(self) -> str:
         sel = f"tau={self.threshold:g}" if self.threshold is not None else f"top {self.edge_count}"
-        return f"{self.method} {sel}"
+        return f"{self.method} {sel}" + (f" [control: {self.target}]" if self.target else "")
 
 
 @dataclass
@@ -504,6 +527,13 @@ def plan(spec: StudySpec) -> Plan:
                     for thr, k in spec.selection(m).pairs():
                         circuits.append(CircuitCell(rc.key, m, thr, k, metric, spec.ablation, spec.curves, split,
                                                     positions))
+                        if spec.control and task.kind == "classification":  # (regression has no classes)
+                            from .control import CONTROL_METRIC, TARGETS
+
+                            circuits += [CircuitCell(rc.key, m, thr, k, CONTROL_METRIC, spec.ablation, spec.curves,
+                                                     split, positions, target,
+                                                     spec.control_seed if target == "permuted-labels" else None)
+                                         for target in TARGETS]
                 if spec.profile.enabled:
                     p = spec.profile
                     profiles.append(ProfileCell(rc.key, p.latency_repeats, p.throughput_batch, p.throughput_repeats,

@@ -18,7 +18,14 @@ class TrainConfig(BaseModel):
     steps: int = Field(2000, ge=1, le=STEPS_MAX)
     lr: float = Field(1e-3, gt=0)
     batch_size: int | None = Field(None, ge=1)  # None = full batch
+    # "adam": weight_decay is an L2 term added to the gradient (torch Adam); "adamw": decoupled weight decay
+    # (Loshchilov & Hutter), each step w -= lr * weight_decay * w, as in the grokking papers
+    optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates (grokking runs use (0.9, 0.98))
+    # [[fraction of steps, multiplier of lr], ...]: piecewise-constant, like lam_schedule (e.g. a late decay
+    # that lets a full-batch run settle instead of spiking)
+    lr_schedule: list[tuple[float, float]] = Field(default_factory=list)
     lam: float = Field(1e-3, ge=0)
     # [[fraction of steps, multiplier of lam], ...]: piecewise-constant schedule
     lam_schedule: list[tuple[float, float]] = Field(default_factory=list)
@@ -57,6 +64,10 @@ class TrainConfig(BaseModel):
         out = handler(self)
         if not out.get("regime_options"):
             out.pop("regime_options", None)
+        # likewise for the optimizer settings every configuration had before AdamW and lr schedules
+        for key, default in (("optimizer", "adam"), ("betas", (0.9, 0.999)), ("lr_schedule", [])):
+            if key in out and (tuple(out[key]) if key == "betas" else out[key]) == default:
+                out.pop(key)
         return out
 
     @field_validator("device")
@@ -68,12 +79,20 @@ class TrainConfig(BaseModel):
             raise ValueError("allowed: cpu, cuda, cuda:N, mps")
         return v
 
-    @field_validator("lam_schedule")
+    @field_validator("lam_schedule", "lr_schedule")
     @classmethod
-    def _schedule(cls, v):
+    def _schedule(cls, v, info):
+        top = 1e6 if info.field_name == "lam_schedule" else 1e3  # (lr: a multiplier of at most 1000)
         for frac, mult in v:
-            if not (0 <= frac <= 1) or not (0 <= mult <= 1e6):
-                raise ValueError(f"entry [{frac}, {mult}] needs 0 <= fraction <= 1 and 0 <= multiplier <= 1e6")
+            if not (0 <= frac <= 1) or not (0 <= mult <= top):
+                raise ValueError(f"entry [{frac}, {mult}] needs 0 <= fraction <= 1 and 0 <= multiplier <= {top:g}")
+        return v
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v):
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError("both betas must lie in [0, 1)")
         return v
 
 

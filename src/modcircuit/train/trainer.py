@@ -1,5 +1,5 @@
 """The training loop: task loss + the regime's hooks (penalty gradient, after-step projection or BIMT
-swaps; see regimes/), Adam, progress, modularity metrics, checkpoints.
+swaps; see regimes/), Adam or AdamW, progress, modularity metrics, checkpoints.
 
 Deterministic per seed: the seed fixes the task data (unless a Task object is passed), the
 initial weights and the mini-batch order.
@@ -111,7 +111,8 @@ def train(
     if model is None:
         model = task.build_model(cfg.widths, cfg.activation)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = optimizer(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
     x_all, y_all = task.x_train.to(device), task.y_train.to(device)
     n = len(x_all)
     batch = n if cfg.batch_size is None else min(cfg.batch_size, n)
@@ -139,6 +140,9 @@ def train(
                 cursor += batch
                 xb, yb = x_all[idx], y_all[idx]
             lam = lam_at(step, cfg.steps, cfg.lam, cfg.lam_schedule)
+            if cfg.lr_schedule:  # piecewise constant, read like lam's
+                for group in opt.param_groups:
+                    group["lr"] = lam_at(step, cfg.steps, cfg.lr, cfg.lr_schedule)
             out = model(xb)
             loss = task.loss_fn(out, yb)
             opt.zero_grad(set_to_none=False)

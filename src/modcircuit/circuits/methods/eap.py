@@ -6,7 +6,8 @@ differentiates a task objective that is *linear in the outputs*:
   objective="recovered" (default, any task): the share of the clean-minus-ablated output difference the
       circuit keeps, R = mean_b <y_b - e_b, u_b> / mean_b |u_b|^2 with u = y_model - e, where e is the
       output of the empty circuit (all edges ablated). R = 1 for the model, 0 for the empty circuit.
-  objective="logit-diff" (classification): mean_b (y_b[c_b] - mean_k y_b[k]), c_b the model's class.
+  objective="logit-diff" (classification): mean_b (y_b[c_b] - mean_k y_b[k]), c_b the model's class, or the
+      example's label when the context's metric is "logit-diff" and labels are given (ctx.classes).
 
 The estimated change of the objective when edge (j, i) of linear l is removed is
     dR ~= sum_b g[b, j] * W[j, i] * (a[b, i] - h[b, i]),   g = dR/dz_{l+1} at the full model,
@@ -35,7 +36,8 @@ def _objective(ctx, name: str):
     positions = getattr(ctx, "positions", None)
     average = (lambda v: v.mean(-1)) if positions is None else positions.average
     if name == "logit-diff":
-        c = y.argmax(-1)
+        classes = getattr(ctx, "classes", None)
+        c = y.argmax(-1) if classes is None else classes
 
         def obj(out):
             return average(out.gather(-1, c.expand(*out.shape[:-1])[..., None])[..., 0] - out.mean(-1))
