@@ -139,7 +139,7 @@ def train(
                 cursor += batch
                 xb, yb = x_all[idx], y_all[idx]
             lam = lam_at(step, cfg.steps, cfg.lam, cfg.lam_schedule)
-            out = model(xb)
+            out = task.model_outputs(model, xb)
             loss = task.loss_fn(out, yb)
             opt.zero_grad(set_to_none=False)
             loss.backward()
