@@ -122,9 +122,8 @@ class Task:
         return "last"
 
     def head_truth_for(self, model):
-        """A transformer's known head-level circuit (circuits.truth.HeadTruth) read off `model`, or None
-        (the task knows none; see `truth_reason`)."""
-        self.truth_reason = f"task {self.name} has no head-level ground truth"
+        """A transformer's known head-level circuit (circuits.truth.HeadTruth) read off `model`, or None: the
+        task knows none (tasks that look but find none say why in `truth_reason`)."""
         return None
 
     def patching_pairs(self, split: str = "test", n: int | None = None, seed: int | None = None):

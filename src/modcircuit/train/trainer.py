@@ -180,6 +180,9 @@ def train(
     for k, v in metrics.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise TrainingDiverged(f"final {k} is {v} (task {task.name}, regime {regime}); try a smaller --lr or --lam")
+    truth = task.head_truth_for(model)  # the task's circuit read off the trained model (induction), or None
+    if truth is not None:
+        model.head_truth = truth
     swap_seconds, n_swaps = hooks.swap_seconds, hooks.n_swaps
     timings = {
         "train_seconds": seconds, "seconds_per_step": seconds / cfg.steps, "swap_seconds": swap_seconds,
@@ -188,4 +191,5 @@ def train(
     return Run(
         model=model, task_name=task.name, task_options=task_options, seed=seed, regime=cfg.regime,
         hyperparameters=cfg.model_dump(), metrics=metrics, history=history, timings=timings,
+        head_truth=truth, head_truth_reason="" if truth is not None else task.truth_reason,
     )
