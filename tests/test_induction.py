@@ -106,13 +106,17 @@ def test_negatives(task):
         detect_induction_heads(mc.MLP([2, 3, 2]), x, y)
 
 
-def test_mlps_that_carry_the_copy_block_the_truth():
+def test_mlps_enter_only_where_the_model_needs_them():
     t = get_task("induction", seed=1, n_train=64, n_test=64)
     found = t.detect_heads(hand_built(t, with_mlps=True))  # MLPs present but zero: the heads alone
-    assert found.accuracy == 1.0 and found.accuracy_mlps_mean_ablated == 1.0 and set(found.truth.edges) == EXPECTED
-    found = t.detect_heads(hand_built(t, with_mlps=True, copy_through_mlp=True))
-    assert found.accuracy == 1.0 and found.accuracy_mlps_mean_ablated < 0.5
-    assert found.truth is None and "MLPs take part" in found.reason
+    assert found.accuracy == 1.0 and set(found.truth.edges) == EXPECTED
+    assert found.mlp_drops["MLP0"] == 0 and found.mlp_drops["MLP1"] == 0
+    found = t.detect_heads(hand_built(t, with_mlps=True, copy_through_mlp=True))  # MLP1 relays the copy
+    assert found.accuracy == 1.0 and found.mlp_drops["MLP1"] > 0.5 and found.mlp_drops["MLP0"] == 0
+    relayed = EXPECTED - {("A1.0", "output")} | {("A1.0", "MLP1"), ("MLP1", "output")}
+    assert set(found.truth.edges) == relayed
+    with pytest.raises(ModcircuitError, match="needs the targets"):
+        detect_induction_heads(hand_built(t, with_mlps=True), *t.held_out(8)[:1])
 
 
 def test_patching_pairs_keep_the_structure(task):
@@ -151,3 +155,15 @@ def test_truth_is_stored_in_the_checkpoint(tmp_path, monkeypatch, task):
     run.head_truth = truth
     loaded = checkpoint.load(run.save(tmp_path / "ck"))
     assert loaded.head_truth == truth and loaded.model.head_truth == truth
+
+
+def test_ablation_forward_without_ablations_is_the_model():
+    from modcircuit.circuits.induction_heads import _logits
+
+    t = get_task("induction", seed=2, n_train=8, n_test=8)
+    torch.manual_seed(2)
+    m = t.build_model()
+    x = t.x_test
+    assert torch.allclose(_logits(m, x), m.logits_all(x), atol=1e-5)
+    changed = _logits(m, x, [("MLP0", "output")])
+    assert not torch.allclose(changed, m.logits_all(x), atol=1e-3)
