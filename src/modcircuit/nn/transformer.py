@@ -364,6 +364,8 @@ class GeometricTransformer(nn.Module):
         m = slots.shape[0]
         A = torch.zeros(m, m, dtype=torch.float64, device=self.W_E.device)
         for w, D, side in cost:
+            if not w.numel():  # an attention-only block's empty MLP weights cost nothing
+                continue
             scale = 1.0 / w.numel() if agg == "mean" else 1.0
             w, D = w.detach().abs().double(), D.double()
             if side == "row":
