@@ -306,6 +306,17 @@ CASES = [
     # ---- tracr --------------------------------------------------------------------------------------
     ("tracr-program-unknown", "tracr revers --out {out}", "unknown tracr program 'revers'; allowed: frac_prevs, histogram, neighbours, reverse, sort"),
     ("tracr-seed-negative", "tracr reverse --seed -1 --out {out}", "-1"),
+    # ---- induction task options ---------------------------------------------------------------------
+    ("train-induction-vocab-small", "train --task induction --task-option vocab=19 --out {out}",
+     "vocab 19 is too small: induction sequences need >= 20 tokens"),
+    ("train-induction-seq-len-short", "train --task induction-attn-only --task-option seq_len=14 --out {out}",
+     "seq_len 14 is too short: an induction sequence needs >= 16 positions"),
+    ("train-induction-seq-len-odd", "train --task induction --task-option seq_len=21 --out {out}",
+     "seq_len 21 must be even"),
+    ("train-induction-min-repeat", "train --task induction --task-option min_repeat=1 --out {out}",
+     "min_repeat 1 must be in 2..12"),
+    ("train-induction-vocab-distinct", "train --task induction --task-option vocab=20 --task-option seq_len=32 --out {out}",
+     "vocab 20 is too small for distinct tokens"),
 ]
 
 

@@ -137,6 +137,8 @@ def test_cost_terms_cover_every_linear_map():
 TASKS = {
     "modular-addition-transformer": dict(p=7, d_model=16, n_heads=2, d_head=4, d_mlp=16),
     "incontext-regression": dict(n_train=64, n_test=32, d_model=16, n_heads=2, d_head=4, d_mlp=16),
+    "induction": dict(n_train=64, n_test=32, seq_len=16, vocab=20, d_model=16, n_heads=2, d_head=4, d_mlp=16),
+    "induction-attn-only": dict(n_train=64, n_test=32, seq_len=16, vocab=20, d_model=16, n_heads=2, d_head=4),
 }
 
 

@@ -84,6 +84,10 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
         positions = None if chosen == "last" else chosen
     check_choice(metric, ablation)
     graph_options = {k: options.pop(k) for k in kind.options if k in options}
+    if positions is None and task is not None and kind.name != "mlp":  # the task's own (induction: the repeat)
+        default = task.metric_positions(clean)
+        if not (isinstance(default, str) and default == "last"):
+            positions = default
     if positions is not None:
         graph_options["positions"] = positions
     if top_k is not None:

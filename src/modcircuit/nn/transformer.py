@@ -117,12 +117,23 @@ class Block(nn.Module):
             return torch.einsum("bthd,hkd->bthk", x, Wh) + b.view(H, dh)
 
         q, k, v = project(q_in, self.W_Q, self.b_Q), project(k_in, self.W_K, self.b_K), project(v_in, self.W_V, self.b_V)
+        return torch.einsum("bhqs,bshk->bqhk", self._pattern(q, k), v)
+
+    def _pattern(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities [b, h, query, key] from q, k [b, t, h, dh]."""
         T = q.shape[1]
-        scores = torch.einsum("bqhk,bshk->bhqs", q, k) / math.sqrt(dh)
+        scores = torch.einsum("bqhk,bshk->bhqs", q, k) / math.sqrt(self.d_head)
         if self.causal:
             scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-        pattern = scores.softmax(-1)
-        return torch.einsum("bhqs,bshk->bqhk", pattern, v)
+        return scores.softmax(-1)
+
+    def attention_pattern(self, x: torch.Tensor) -> torch.Tensor:
+        """Each head's attention probabilities [B, H, query, key] on residual stream x [B, T, d]."""
+        H, dh = self.n_heads, self.d_head
+        x = self.norm1(x)
+        q = (x @ self.W_Q.T + self.b_Q).view(*x.shape[:2], H, dh)
+        k = (x @ self.W_K.T + self.b_K).view(*x.shape[:2], H, dh)
+        return self._pattern(q, k)
 
     def head_results(self, z: torch.Tensor) -> torch.Tensor:
         """result[b, t, h, d]: what head h writes into the residual stream (without b_O)."""
@@ -278,6 +289,15 @@ class GeometricTransformer(nn.Module):
             resid = resid + b.mlp(resid, self.act)
         return self.unembed(resid)
 
+    def attention_patterns(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's attention probabilities [B, H, query, key] on inputs x (one forward pass)."""
+        resid, out = self.embed(x), []
+        for b in self.blocks:
+            out.append(b.attention_pattern(resid))
+            resid = resid + b.attn(resid)
+            resid = resid + b.mlp(resid, self.act)
+        return out
+
     def readout(self, z: torch.Tensor) -> torch.Tensor:
         """Outputs in the task's order (the unembedding's columns are never permuted; cf. MLP.readout)."""
         return z
@@ -344,6 +364,8 @@ class GeometricTransformer(nn.Module):
         m = slots.shape[0]
         A = torch.zeros(m, m, dtype=torch.float64, device=self.W_E.device)
         for w, D, side in cost:
+            if not w.numel():  # an attention-only block's empty MLP weights cost nothing
+                continue
             scale = 1.0 / w.numel() if agg == "mean" else 1.0
             w, D = w.detach().abs().double(), D.double()
             if side == "row":

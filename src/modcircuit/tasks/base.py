@@ -41,6 +41,7 @@ class Task:
     seed: int = 0
     options: dict = field(default_factory=dict)
     description: str = ""
+    truth_reason: str = ""  # why head_truth_for found no ground truth (set by it)
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -87,6 +88,11 @@ class Task:
         return MLP(widths, activation or self.activation, self.layouts_for(widths), self.embedding)
 
     # ---- loss and score --------------------------------------------------------------------
+    def model_outputs(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """What the loss and score read: the model's output (a transformer's last position); tasks scored at
+        several positions (induction) return every position's."""
+        return model(x)
+
     def loss_fn(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.loss == "mse":
             return F.mse_loss(out, y)
@@ -104,12 +110,22 @@ class Task:
         x, y = (self.x_test, self.y_test) if split == "test" else (self.x_train, self.y_train)
         dev = next(model.parameters()).device
         with torch.no_grad():
-            out = model(x.to(dev))
+            out = self.model_outputs(model, x.to(dev))
             res = self.score(out, y.to(dev))
             res["loss"] = self.loss_fn(out, y.to(dev)).item()
         return res
 
     # ---- patching --------------------------------------------------------------------------
+    def metric_positions(self, x: torch.Tensor):
+        """The output positions a transformer's circuit metric reads on inputs x (circuits/positions.py):
+        "last" unless the task scores other positions."""
+        return "last"
+
+    def head_truth_for(self, model):
+        """A transformer's known head-level circuit (circuits.truth.HeadTruth) read off `model`, or None: the
+        task knows none (tasks that look but find none say why in `truth_reason`)."""
+        return None
+
     def patching_pairs(self, split: str = "test", n: int | None = None, seed: int | None = None):
         """(clean, corrupt, labels): corrupt[i] is another example's input (resample ablation, fixed by seed)."""
         if split not in ("test", "train"):

@@ -42,6 +42,10 @@ class Run:
     history: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     path: Path | None = None
+    # the task's known head-level circuit read off this model (circuits.truth.HeadTruth; induction), or None;
+    # also set as model.head_truth, and kept in model.json
+    head_truth: object | None = None
+    head_truth_reason: str = ""  # why there is none, when the task looked
 
     def task(self):
         from ..tasks import get_task
@@ -72,6 +76,10 @@ def save(run: Run, out_dir, *, overwrite: bool = False) -> Path:
         "history": run.history,
         "tensors": {k: list(v.shape) for k, v in state.items()},
     }
+    if run.head_truth is not None:
+        meta["head_truth"] = run.head_truth.to_dict()
+    if run.head_truth_reason:
+        meta["head_truth_reason"] = run.head_truth_reason
     data = save_safetensors(state)
     meta["safetensors_sha256"] = hashlib.sha256(data).hexdigest()
     text = json.dumps(meta, indent=1, default=_jsonable)
@@ -137,9 +145,19 @@ def load(run_dir, device: str = "cpu") -> Run:
     _check_tensors(model, state, m.tensors, where)
     model.load_state_dict(state)
     model.to(device)
+    truth = None
+    if m.head_truth is not None:
+        from ..circuits.truth import HeadTruth
+
+        try:
+            truth = HeadTruth.from_dict(m.head_truth)
+        except ModcircuitError as e:
+            raise ModcircuitError(f"{str(jpath)!r}: head_truth: {e}") from None
+        model.head_truth = truth
     return Run(
         model=model, task_name=m.task.name, task_options=m.task.options, seed=m.seed, regime=m.regime,
         hyperparameters=m.hyperparameters, metrics=m.metrics, history=m.history, timings=m.timings, path=run_dir,
+        head_truth=truth, head_truth_reason=m.head_truth_reason,
     )
 
 

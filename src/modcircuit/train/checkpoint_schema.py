@@ -47,6 +47,9 @@ class CheckpointMeta(BaseModel):
     history: list[Any] = Field(default_factory=list)
     tensors: dict[str, list[int]]
     safetensors_sha256: str | None = Field(None, pattern=HEX64)
+    # a transformer task's known circuit read off this model (circuits.truth.HeadTruth.to_dict), when the task has one
+    head_truth: dict[str, Any] | None = None
+    head_truth_reason: str = ""
 
     @field_validator("regime")
     @classmethod

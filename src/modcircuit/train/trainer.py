@@ -143,7 +143,7 @@ def train(
             if cfg.lr_schedule:  # piecewise constant, read like lam's
                 for group in opt.param_groups:
                     group["lr"] = lam_at(step, cfg.steps, cfg.lr, cfg.lr_schedule)
-            out = model(xb)
+            out = task.model_outputs(model, xb)
             loss = task.loss_fn(out, yb)
             opt.zero_grad(set_to_none=False)
             loss.backward()
@@ -184,6 +184,9 @@ def train(
     for k, v in metrics.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise TrainingDiverged(f"final {k} is {v} (task {task.name}, regime {regime}); try a smaller --lr or --lam")
+    truth = task.head_truth_for(model)  # the task's circuit read off the trained model (induction), or None
+    if truth is not None:
+        model.head_truth = truth
     swap_seconds, n_swaps = hooks.swap_seconds, hooks.n_swaps
     timings = {
         # CPU time too: on a shared machine it is what the loop cost, where wall time adds the waits for a core
@@ -194,4 +197,5 @@ def train(
     return Run(
         model=model, task_name=task.name, task_options=task_options, seed=seed, regime=cfg.regime,
         hyperparameters=cfg.model_dump(), metrics=metrics, history=history, timings=timings,
+        head_truth=truth, head_truth_reason="" if truth is not None else task.truth_reason,
     )
