@@ -79,12 +79,10 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     clean, corrupt, labels, task = resolve_data(model, data, corrupt, labels, split=split, n=examples, seed=data_seed)
     if metric is None:
         metric = task_metric(task) if task is not None else "kl"
-    if positions is None and task is not None and hasattr(task, "metric_positions"):
-        chosen = task.metric_positions(clean)  # a task whose outputs sit at other positions (tracr: after BOS)
-        positions = None if chosen == "last" else chosen
     check_choice(metric, ablation)
     graph_options = {k: options.pop(k) for k in kind.options if k in options}
-    if positions is None and task is not None and kind.name != "mlp":  # the task's own (induction: the repeat)
+    # the task's own positions (induction: the repeated half; tracr: every position after BOS)
+    if positions is None and task is not None and kind.name != "mlp":
         default = task.metric_positions(clean)
         if not (isinstance(default, str) and default == "last"):
             positions = default
