@@ -241,3 +241,14 @@ def test_shipped_studies_are_valid():
         assert spec.tasks and spec.seeds
     demo = load_spec(ROOT / "studies" / "demo.toml")
     assert "bimt" in demo.regimes and "vanilla" in demo.regimes
+
+
+def test_an_edge_count_above_the_graph_keeps_every_edge(tmp_path):
+    # two-moons' MLP has 480 edges: top 5000 is the whole graph, recorded under the size the spec asked for
+    spec = tiny_spec(tmp_path, regimes='["vanilla"]', methods='["eap"]', steps=50)
+    spec.write_text(spec.read_text().replace("thresholds = [0.05]", "edge_counts = [10, 5000]"))
+    r = run_study(spec, progress=False, echo=lambda s: None)
+    assert not r.failures
+    with Store(r.results, read_only=True) as s:
+        rows = sorted((row for row in s.rows("circuits") if row.get("edge_count")), key=lambda row: int(row["edge_count"]))
+    assert [(int(row["edge_count"]), row["n_kept"]) for row in rows] == [(10, 10), (5000, rows[0]["n_edges"])]

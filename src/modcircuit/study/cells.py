@@ -141,8 +141,8 @@ def run_unit(unit: Unit) -> dict:
             discover, evaluate = circuit_api()
         for cc in unit.circuits:
             kw = {"threshold": cc.threshold if cc.threshold is not None else 0.0}
-            if cc.edge_count is not None:
-                kw["top_k"] = cc.edge_count
+            if cc.edge_count is not None:  # a size above the graph's keeps every edge (one spec, tasks of any size)
+                kw["top_k"] = min(cc.edge_count, _n_edges(run.model, cc.split_qkv))
             if cc.split_qkv:
                 kw["split_qkv"] = True
             if cc.positions is not None:
@@ -191,3 +191,10 @@ def run_unit(unit: Unit) -> dict:
             rows["profiles"].append(prow)
             parts.append(f"latency {prow['latency_ms_median']:.3f} ms")
     return {"rows": rows, "artifacts": artifacts, "summary": "; ".join(parts)}
+
+
+def _n_edges(model, split_qkv) -> int:
+    from ..circuits.kinds import graph_kind
+
+    kind = graph_kind(model)
+    return kind.n_edges(kind.prepare(model), **({"split_qkv": True} if split_qkv else {}))
