@@ -4,18 +4,27 @@
     python benchmarks/bench_vs_autocircuit.py [--checkpoint RUN_DIR] [--steps 1000] [--batch 100]
                                               [--methods acdc,eap] [--dtype float32|float64]
 
-Without a checkpoint it trains a 2-block modular-addition transformer (p=23, d_model 64, 4 heads) for
+    python benchmarks/bench_vs_autocircuit.py --random --sizes 4x8x128x12,6x8x128x16,4x12x192x24 \
+        --thresholds 1e-4,1e-3,1e-2,1e-1 --batch 16 --methods acdc       # random weights, one table
+    python benchmarks/bench_vs_autocircuit.py --layers 4 --heads 8 --d-model 128 --positions 12 ...
+
+With --random, --sizes or any of --layers/--heads/--d-model/--positions it builds random-weight token
+models instead (d_head = d_model / heads, d_mlp = 4 d_model, --vocab tokens and classes, the unembedding
+scaled by 4 so the outputs are far from uniform; random clean and corrupted tokens) and prints one ACDC
+table across the sizes and thresholds. Without a checkpoint otherwise it trains a 2-block modular-addition transformer (p=23, d_model 64, 4 heads) for
 --steps steps. Both libraries see the same model (ours, and its TransformerLens export with
 use_attn_result / use_split_qkv_input / hook_mlp_in), the same clean and corrupted batch (resample
 ablation) and the same edge graph (embed / heads / MLPs -> q, k, v of each head, MLPs, output).
 
 ACDC: auto-circuit's `acdc_prune_scores` with one threshold per call (tao_exps=[e], tao_bases=[b]); its
-circuit is the edges never removed (score inf). Times are medians of --repeats runs on both sides, each
+circuit is the edges never removed (score inf). Times are medians (min-max) of --repeats runs on both sides,
+the two sides alternating, each
 ours including its whole setup (clean and corrupted source outputs; in float32 the model is used through a
 view sharing its storage, in float64 a converted copy made on the first call is shared by later ones while
 the model is unchanged, as auto-circuit's patchable model is built once, outside its timings). Ours: `method="acdc"` at the same threshold, KL to the model
-at the last position, run twice: in auto-circuit's edge order (receivers sorted by layer only,
-edges within a layer in its set order; our fast ACDC accepts any such order) and in our default order.
+at the last position, in auto-circuit's edge order (receivers sorted by layer only, edges within a layer in
+its set order; our fast ACDC accepts any such order); Jaccard compares the two circuits' edge sets, and
+each edge on which they differ is printed with our score.
 EAP (medians of 10 x --repeats runs, the two sides alternating): auto-circuit's
 `mask_gradient_prune_scores(grad_function="logit", answer_function="avg_diff", mask_val=0)` with
 answer = the model's top class and wrong answers = all other classes; ours `method="eap",
