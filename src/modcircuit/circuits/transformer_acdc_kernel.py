@@ -58,9 +58,10 @@ class _StageACDC:
         into such a dead receiver, or from a source equal to its ablated value, scores exactly 0;
       * ACDC's sequential rule is kept exactly by speculation: a batch evaluates a chain of candidates, each
         built on guessed outcomes (removed / kept) of the stage's earlier edges; the outcomes are checked in
-        order and at the first wrong guess the rest of the chain is discarded. A stage starts by guessing
-        "kept" for every edge; the effects measured in a chain beyond its first wrong guess become the
-        guesses of the next chain. Chains are evaluated lazily in growing chunks (state changes are applied
+        order and at the first wrong guess the rest of the chain is discarded. An unmeasured edge is guessed
+        to go the way most of the stage's edges went so far ("kept" at first); the effects measured in a
+        chain beyond its first wrong guess become the guesses of the next chain. Chains are evaluated lazily
+        in chunks sized by the estimated chance of a wrong guess (_chunk_size; state changes are applied
         after a chain, every chunk is relative to the chain's start). Results never depend on the guesses,
         only the amount of work does. The circuit after a chain is one of its evaluated candidates, whose
         values become the current ones (_adopt) without recomputation.
