@@ -200,6 +200,9 @@ def test_fast_acdc_with_an_interleaved_order_equals_reference():
     (3, 2, False, True, False, "zero", "mse", 3),
     (1, 3, True, False, True, "mean", "kl", 1),
     (2, 1, True, True, True, "resample", "kl", 2),  # one position: q/k edges change nothing
+    # many positions: attention without the few-position shortcuts (weighted_values' per-key sums)
+    (2, 12, True, True, True, "resample", "kl", 256),
+    pytest.param(3, 16, False, True, True, "mean", "mse", 5, marks=pytest.mark.slow),
 ])
 @pytest.mark.parametrize("thr", [0.0, 0.01, 0.1])
 def test_fast_acdc_equals_reference_across_shapes(n_layers, n_ctx, tokens, layernorm, split_qkv, ablation, metric,

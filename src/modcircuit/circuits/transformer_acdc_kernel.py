@@ -29,10 +29,12 @@ class Changes:
     delta: torch.Tensor
 
 
-# a speculative chain is evaluated lazily in chunks: the first covers the measured guesses ahead plus 8 more
-# (unmeasured guesses fail first), then each chunk is twice the previous one
-FIRST_CHUNK = 8
-GROWTH = 2
+# a speculative chain is evaluated lazily in chunks whose size maximises the expected number of useful
+# candidates (those up to and including the first wrong guess) per unit of work, a pass costing PASS_COST
+# candidates besides its candidates; the chance of a wrong guess is estimated per stage, apart for measured
+# guesses and unmeasured ones (from the prior counts below until the stage has its own)
+PASS_COST = 2.0
+PRIOR = {True: (1.0, 16.0), False: (1.0, 4.0)}  # (wrong, checked) for measured / unmeasured guesses
 
 
 class _StageACDC:
@@ -56,9 +58,10 @@ class _StageACDC:
         into such a dead receiver, or from a source equal to its ablated value, scores exactly 0;
       * ACDC's sequential rule is kept exactly by speculation: a batch evaluates a chain of candidates, each
         built on guessed outcomes (removed / kept) of the stage's earlier edges; the outcomes are checked in
-        order and at the first wrong guess the rest of the chain is discarded. A stage starts by guessing
-        "kept" for every edge; the effects measured in a chain beyond its first wrong guess become the
-        guesses of the next chain. Chains are evaluated lazily in growing chunks (state changes are applied
+        order and at the first wrong guess the rest of the chain is discarded. An unmeasured edge is guessed
+        to go the way most of the stage's edges went so far ("kept" at first); the effects measured in a
+        chain beyond its first wrong guess become the guesses of the next chain. Chains are evaluated lazily
+        in chunks sized by the estimated chance of a wrong guess (_chunk_size; state changes are applied
         after a chain, every chunk is relative to the chain's start). Results never depend on the guesses,
         only the amount of work does. The circuit after a chain is one of its evaluated candidates, whose
         values become the current ones (_adopt) without recomputation.
@@ -67,7 +70,6 @@ class _StageACDC:
     def __init__(self, ctx: TransformerPatchContext, thr: float, max_candidates: int):
         self.ctx, self.thr, self.cap = ctx, thr, max(1, max_candidates)
         self.g, self.m = ctx.graph, ctx.model
-        self.first = FIRST_CHUNK
         # the positions the last layer computes and the output reads: the last one, or all of them when the
         # metric reads other positions (see positions.py)
         self.lp = ctx.positions.read
@@ -522,21 +524,28 @@ class _StageACDC:
         E = torch.zeros(n, len(self.recv), self.s0, dtype=self.ctx.dtype, device=self.ctx.device)
         for i, (k, s) in enumerate(pend):
             E[i, k - self.k0, s] = 1.0
-        pred = [False] * n  # guessed outcomes (True: removed); first "kept", then each edge's measured effect
+        pred = [False] * n  # guessed outcomes (True: removed); unmeasured: the stage's majority so far
         measured = [False] * n  # whether pred is a measurement (those guesses are rarely wrong)
+        stats = {True: list(PRIOR[True]), False: list(PRIOR[False])}  # [wrong, checked] per kind of guess
+        n_removed = n_kept = 0
         pos = 0
         while pos < n:
+            if n_removed > n_kept:  # unmeasured guesses follow the stage's majority outcome
+                pred[pos:] = [p if measured[pos + i] else True for i, p in enumerate(pred[pos:])]
+            else:
+                pred[pos:] = [p if measured[pos + i] else False for i, p in enumerate(pred[pos:])]
             # a chain from the current state: candidate i removes edge i and every earlier edge of the chain
             # guessed removed
             e = E[pos:]
             guess = pred[pos:]
+            known = measured[pos:]
             gd = e * torch.tensor(guess, dtype=e.dtype, device=e.device)[:, None, None]
             R = torch.cumsum(gd, 0) - gd + e
-            # the first chunk covers the measured guesses ahead plus FIRST_CHUNK unmeasured ones
-            ahead = next((i for i in range(pos, n) if not measured[i]), n) - pos
-            m_chain, used, accepted, i0, size = self.m_cur, None, [], 0, min(ahead + self.first, self.cap)
+            q = {kind: w / c for kind, (w, c) in stats.items()}
+            m_chain, used, accepted, i0 = self.m_cur, None, [], 0
             chunks, last = [], -1  # per evaluated chunk: (first index, its stored values); the last accepted index
             while i0 < n - pos and used is None:
+                size = self._chunk_size(known[i0:], q)
                 mets = self.evaluate(R[i0:i0 + size]).tolist()
                 chunks.append((i0, self.chunk, self.chunk_tail))
                 for i, mk in enumerate(mets, i0):
@@ -545,11 +554,15 @@ class _StageACDC:
                         sc = mk - self.m_cur
                         self.scores[k, s] = sc
                         removed = sc < thr
+                        n_removed, n_kept = n_removed + removed, n_kept + (not removed)
                         if removed:  # the state changes after the pass: the chain is relative to its start
                             self.m_cur = mk
                             accepted.append((k, s))
                             last = i
+                        st = stats[known[i]]
+                        st[1] += 1
                         if removed != guess[i]:
+                            st[0] += 1
                             used = i + 1
                     else:  # beyond the first wrong guess: the effect measured in the chain is the next guess
                         pred[pos + i] = mk - m_chain < thr
@@ -557,7 +570,6 @@ class _StageACDC:
                     if guess[i]:
                         m_chain = mk
                 i0 += len(mets)
-                size = min(GROWTH * size, self.cap)
             # the new circuit is the chain's candidate `last`: every earlier guess in the chain was right, so
             # it removes exactly the accepted edges (see _adopt)
             adopt = self.kind == "attn" and not self.dirty and last >= 0
@@ -567,3 +579,18 @@ class _StageACDC:
                 c0, chunk, tail = max((c for c in chunks if c[0] <= last), key=lambda c: c[0])
                 self._adopt(chunk, tail, last - c0)
             pos += n - pos if used is None else used
+
+    def _chunk_size(self, known: list[bool], q: dict) -> int:
+        """How many candidates of a chain to evaluate next (known: whether each next guess is measured; q:
+        the chance of a wrong guess per kind): the k maximising E[useful of k] / (PASS_COST + k), useful
+        being the candidates up to and including the first wrong guess."""
+        best, best_k, useful, alive = -1.0, 1, 0.0, 1.0
+        for k in range(1, min(self.cap, len(known)) + 1):
+            useful += alive
+            alive *= 1.0 - q[known[k - 1]]
+            v = useful / (PASS_COST + k)
+            if v > best:
+                best, best_k = v, k
+            if alive < 1e-3:
+                break
+        return best_k
