@@ -135,13 +135,12 @@ def random_model(layers: int, heads: int, d_model: int, positions: int, vocab: i
     return model, clean, corrupt
 
 
-def acdc_table(label, model, clean, corrupt, thresholds, repeats, dtype, header):
-    """ACDC rows of one model: both sides timed `repeats` times, interleaved (a varying background load then
-    hits both alike); circuits compared as edge sets (Jaccard), ours in auto-circuit's edge order."""
-    from modcircuit.circuits.transformer_graph import discover_transformer
+def auto_circuit_inputs(model, clean, corrupt):
+    """auto-circuit's patchable copy of `model` (exported through TransformerLens, q/k/v apart, last position)
+    and its data loader: answers = the model's top class, wrong answers = every other class."""
     from modcircuit.export.transformer_lens import to_transformer_lens
 
-    PromptDataLoader, PromptDataset, acdc_prune_scores, _, patchable_model = import_auto_circuit()
+    PromptDataLoader, PromptDataset, _, _, patchable_model = import_auto_circuit()
     with torch.no_grad():
         top = model(clean).argmax(-1)
     V = model.d_out
@@ -151,8 +150,18 @@ def acdc_table(label, model, clean, corrupt, thresholds, repeats, dtype, header)
     tl.set_use_hook_mlp_in(True)
     assert (tl(clean)[:, -1] - model(clean)).abs().max().item() < 1e-4
     pm = patchable_model(tl, factorized=True, slice_output="last_seq", separate_qkv=True, device=torch.device("cpu"))
-    ds = PromptDataset(clean, corrupt, list(answers), list(wrong))
-    dl = PromptDataLoader(ds, seq_len=None, diverge_idx=0, batch_size=len(clean), shuffle=False)
+    dl = PromptDataLoader(PromptDataset(clean, corrupt, list(answers), list(wrong)), seq_len=None, diverge_idx=0,
+                          batch_size=len(clean), shuffle=False)
+    return pm, dl
+
+
+def acdc_table(label, model, clean, corrupt, thresholds, repeats, dtype, header):
+    """ACDC rows of one model: both sides timed `repeats` times, interleaved (a varying background load then
+    hits both alike); circuits compared as edge sets (Jaccard), ours in auto-circuit's edge order."""
+    from modcircuit.circuits.transformer_graph import discover_transformer
+
+    acdc_prune_scores = import_auto_circuit()[2]
+    pm, dl = auto_circuit_inputs(model, clean, corrupt)
     edges = sorted(pm.edges, key=lambda e: e.dest.layer, reverse=True)  # auto-circuit's ACDC order
     names = {e: our_names(e) for e in edges}
     probe = discover_transformer(model, clean, corrupt, method="random", split_qkv=True)
@@ -233,8 +242,7 @@ def main():
             acdc_table(f"{L}x{H} d{d} T{T}", model, clean, corrupt, thresholds, args.repeats, dtype, header=i == 0)
         return
 
-    PromptDataLoader, PromptDataset, acdc_prune_scores, mask_gradient_prune_scores, patchable_model = \
-        import_auto_circuit()
+    mask_gradient_prune_scores = import_auto_circuit()[3]
     if args.checkpoint:
         run = mc.load(args.checkpoint)
         task = run.task()
@@ -255,17 +263,8 @@ def main():
                    thresholds, args.repeats, dtype, header=True)
     if "eap" not in methods:
         return
-    with torch.no_grad():
-        top = model(clean).argmax(-1)
+    pm, dl = auto_circuit_inputs(model, clean, corrupt)
     V = model.d_out
-    answers = top[:, None]
-    wrong = torch.stack([torch.cat([torch.arange(c), torch.arange(c + 1, V)]) for c in top.tolist()])
-    from modcircuit.export.transformer_lens import to_transformer_lens
-    tl = to_transformer_lens(model, use_attn_result=True, use_split_qkv_input=True)
-    tl.set_use_hook_mlp_in(True)
-    pm = patchable_model(tl, factorized=True, slice_output="last_seq", separate_qkv=True, device=torch.device("cpu"))
-    dl = PromptDataLoader(PromptDataset(clean, corrupt, list(answers), list(wrong)), seq_len=None, diverge_idx=0,
-                          batch_size=len(clean), shuffle=False)
     edges = list(pm.edges)
     names = {e: our_names(e) for e in edges}
     probe = discover_transformer(model, clean, corrupt, method="random", split_qkv=True)
