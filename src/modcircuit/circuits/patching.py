@@ -33,6 +33,13 @@ def logit_diff(out: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     return picked - out.mean(-1)
 
 
+def logit_diff_loss(out: torch.Tensor, target: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+    """Per example, the model's logit difference minus the circuit's toward `classes` (the model's own when
+    None): out [..., B, n_out], target [B, n_out] -> [..., B]."""
+    c = target.argmax(-1) if classes is None else classes
+    return logit_diff(target, c) - logit_diff(out, c)
+
+
 def divergence(metric: str, out: torch.Tensor, target: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
     """KL(model || circuit) averaged over examples (batchmean), mean squared error to the model, or
     "logit-diff": the model's mean logit difference minus the circuit's, toward `classes` (the labels, when
@@ -46,8 +53,7 @@ def divergence(metric: str, out: torch.Tensor, target: torch.Tensor, classes: to
     if metric == "mse":
         return ((out - target) ** 2).mean((-1, -2))
     if metric == "logit-diff":
-        c = target.argmax(-1) if classes is None else classes
-        return (logit_diff(target, c) - logit_diff(out, c)).mean(-1)
+        return logit_diff_loss(out, target, classes).mean(-1)
     raise choice_error("metric", metric, METRICS)
 
 

@@ -41,7 +41,7 @@ from ..nn.transformer import GeometricTransformer
 from .circuit import TransformerCircuit
 from .graph import TransformerGraph
 from .inputs import patching_inputs
-from .patching import METRICS, label_classes, logit_diff
+from .patching import METRICS, label_classes, logit_diff_loss
 from .positions import Positions, resolve_positions
 
 
@@ -58,8 +58,7 @@ def divergence(metric: str, out: torch.Tensor, target: torch.Tensor, positions: 
     if metric not in METRICS:
         raise choice_error("metric", metric, METRICS)
     if metric == "logit-diff":
-        c = target.argmax(-1) if classes is None else classes
-        gap = logit_diff(target, c) - logit_diff(out, c)
+        gap = logit_diff_loss(out, target, classes)
         return gap.mean(-1) if positions is None or positions.last else positions.average(gap)
     if positions is None or positions.last:
         if metric == "kl":
