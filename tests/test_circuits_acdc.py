@@ -161,3 +161,24 @@ def test_fast_acdc_equals_reference_on_dense_circuits(widths, act, metric, ablat
         dense += 0.1 <= c.n_kept / c.n_edges <= 0.5
     assert dense >= 1  # at least one circuit in the dense range the test is about
 
+
+
+def test_discover_with_a_list_of_sizes_equals_one_call_per_size():
+    from modcircuit.errors import ModcircuitError
+    from modcircuit.nn.mlp import MLP
+
+    torch.manual_seed(0)
+    model = MLP([6, 8, 8, 3], "silu")
+    x = torch.randn(40, 6)
+    xc = x.roll(1, 0)
+    many = discover(model, x, xc, method="eap", top_k=[3, 20, 30])
+    assert [c.n_kept for c in many] == [3, 20, 30]
+    for c in many:
+        one = discover(model, x, xc, method="eap", top_k=c.extra["top_k"])
+        assert all(torch.equal(a, b) for a, b in zip(c.mask, one.mask))
+        assert all(torch.equal(a, b) for a, b in zip(c.scores, one.scores))
+    assert many[0].scores[0] is not many[1].scores[0]
+    with pytest.raises(ModcircuitError, match="top_k is an empty list"):
+        discover(model, x, xc, method="eap", top_k=[])
+    with pytest.raises(ModcircuitError, match="top_k"):
+        discover(model, x, xc, method="eap", top_k=[3, 10_000])

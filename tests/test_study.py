@@ -252,3 +252,28 @@ def test_an_edge_count_above_the_graph_keeps_every_edge(tmp_path):
     with Store(r.results, read_only=True) as s:
         rows = sorted((row for row in s.rows("circuits") if row.get("edge_count")), key=lambda row: int(row["edge_count"]))
     assert [(int(row["edge_count"]), row["n_kept"]) for row in rows] == [(10, 10), (5000, rows[0]["n_edges"])]
+
+
+def test_cells_that_differ_only_in_size_share_one_run_of_the_method(tmp_path, monkeypatch):
+    # eap at three sizes and acdc at one threshold: eap's scores are computed once, acdc's once
+    import modcircuit.circuits as circuits
+
+    calls = []
+    real = circuits.discover
+
+    def counting(*a, **kw):
+        calls.append((kw.get("method"), kw.get("top_k")))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(circuits, "discover", counting)  # (what the study's units call)
+    spec = tiny_spec(tmp_path, regimes='["vanilla"]', methods='["eap", "acdc"]', steps=50)
+    spec.write_text(spec.read_text().replace("thresholds = [0.05]", "thresholds = [0.05]\nedge_counts = [5, 10, 5000]"))
+    r = run_study(spec, progress=False, echo=lambda s: None)
+    assert not r.failures
+    sized = sorted((m, tuple(k)) for m, k in calls if isinstance(k, list))
+    assert sized == [("acdc", (5, 10, 480)), ("eap", (5, 10, 480))]
+    assert sorted(m for m, k in calls if k is None) == ["acdc", "eap"]
+    with Store(r.results, read_only=True) as s:
+        rows = [row for row in s.rows("circuits") if row["method"] == "eap" and row.get("edge_count")]
+    assert sorted((int(row["edge_count"]), row["n_kept"]) for row in rows) == [(5, 5), (10, 10), (5000, 480)]
+    assert len({row["seconds"] for row in rows}) == 1  # one run, its time on every size

@@ -56,7 +56,7 @@ def check_top_k(top_k, n_edges: int) -> int:
 def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: float = 0.01, metric: str | None = None,
              ablation: str = "resample", labels=None, top_k: int | None = None, split: str = "test",
              examples: int | None = None, data_seed: int | None = None, progress=None, dtype=torch.float64,
-             positions=None, **options) -> Circuit:
+             positions=None, **options) -> Circuit | list[Circuit]:
     """Find the circuit of `model` on clean inputs (vs corrupt ones for resample ablation).
 
         discover(model, clean, corrupt, method="acdc", threshold=0.01, metric="kl", ablation="resample")
@@ -88,8 +88,13 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
             positions = default
     if positions is not None:
         graph_options["positions"] = positions
+    sizes = list(top_k) if isinstance(top_k, (list, tuple)) else None
+    if sizes is not None and not sizes:
+        raise ModcircuitError("top_k is an empty list; give one size or a list of sizes (1..the graph's edges)")
     if top_k is not None:
-        check_top_k(top_k, kind.n_edges(model, **graph_options))
+        n_edges = kind.n_edges(model, **graph_options)
+        for k in sizes or [top_k]:
+            check_top_k(k, n_edges)
     allowed = set(inspect.signature(fn).parameters) - {"ctx", "threshold"}
     bad = [k for k in options if k not in allowed]
     if bad:
@@ -103,24 +108,28 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     res = fn(ctx, float(threshold), **options)
     seconds = time.perf_counter() - t0
     scores, mask, graph = kind.scores(ctx, res, method, task)
-    if top_k is not None:
-        mask = top_k_mask(scores, top_k)
-    elif mask is None:
-        mask = [s >= threshold for s in scores]
     edges = kind.edges(ctx)
-    if edges is not None:  # entries that are not edges are never kept
-        mask = [m & e for m, e in zip(mask, edges)]
-    extra = dict(res.extra)
-    if top_k is not None:
-        extra["top_k"] = top_k
-    if task is not None:
-        extra["task"] = task.name
-    extra["examples"] = ctx.batch
-    extra["dtype"] = str(dtype).replace("torch.", "")
-    common = dict(method=method, threshold=threshold, metric=metric, ablation=ablation, seconds=seconds,
-                  forward_passes=int(res.forward_passes), extra=extra,
-                  model_fingerprint=model_fingerprint(model))
-    return kind.circuit(ctx, graph, scores, mask, common)
+    circuits = []
+    for k in sizes or [top_k]:
+        if k is not None:
+            keep = top_k_mask(scores, k)
+        else:
+            keep = mask if mask is not None else [s >= threshold for s in scores]
+        if edges is not None:  # entries that are not edges are never kept
+            keep = [m & e for m, e in zip(keep, edges)]
+        extra = dict(res.extra)
+        if k is not None:
+            extra["top_k"] = k
+        if task is not None:
+            extra["task"] = task.name
+        extra["examples"] = ctx.batch
+        extra["dtype"] = str(dtype).replace("torch.", "")
+        common = dict(method=method, threshold=threshold, metric=metric, ablation=ablation, seconds=seconds,
+                      forward_passes=int(res.forward_passes), extra=extra,
+                      model_fingerprint=model_fingerprint(model))
+        own = scores if not circuits else [s.clone() for s in scores]  # (circuits never share tensors)
+        circuits.append(kind.circuit(ctx, graph, own, keep, common))
+    return circuits if sizes is not None else circuits[0]
 
 
 def top_k_mask(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
