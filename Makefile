@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q $(TORCH) -e '.[dev,tl,ray,tracr]'
+	$(PY) -m pip install -q $(TORCH) -e '.[dev,tl,ray,tracr,fast]'
 	touch $@
 
 # Debian packages some tests use: headless Chromium (report/HTML tests) and ffmpeg (MP4 animations).

@@ -3,6 +3,7 @@ import torch
 
 import modcircuit.tasks.planted  # noqa: F401  (registers planted tasks)
 from modcircuit.circuits import discover, evaluate
+from modcircuit.errors import ModcircuitError
 from modcircuit.tasks import get_task
 from circuit_helpers import pairs, random_mlp
 
@@ -67,15 +68,20 @@ CASES = [
 ]
 
 
+KERNELS = ["torch", "compiled"]  # the batched speculative kernel and the numba one (extra `fast`)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("widths,act,metric,ablation,permute", CASES)
-def test_fast_acdc_equals_plain_reference(widths, act, metric, ablation, permute):
+def test_fast_acdc_equals_plain_reference(widths, act, metric, ablation, permute, kernel):
     model = random_mlp(widths, act, seed=len(widths) + widths[1], permute=permute)
     clean, corrupt = pairs(widths[0], n=16, seed=5)
     partial = 0
     for threshold in [1e-4, 1e-3, 1e-2, 5e-2]:
         ref_mask, ref_scores = reference_acdc(model, clean, corrupt, threshold, metric, ablation)
-        for method in ["acdc", "acdc-plain"]:
-            c = discover(model, clean, corrupt, method=method, threshold=threshold, metric=metric, ablation=ablation)
+        for method, kw in [("acdc", {"kernel": kernel}), ("acdc-plain", {})]:
+            c = discover(model, clean, corrupt, method=method, threshold=threshold, metric=metric, ablation=ablation,
+                         **kw)
             for got, want in zip(c.mask, ref_mask):
                 assert torch.equal(got, want), (method, threshold)
             for got, want in zip(c.scores, ref_scores):
@@ -88,9 +94,43 @@ def test_fast_acdc_equals_plain_reference(widths, act, metric, ablation, permute
 def test_fast_acdc_counts_fewer_passes_than_edges():
     model = random_mlp([8, 16, 16, 4], seed=0)
     clean, corrupt = pairs(8, n=32, seed=1)
-    c = discover(model, clean, corrupt, method="acdc", threshold=1e-3)
+    c = discover(model, clean, corrupt, method="acdc", threshold=1e-3, kernel="torch")
     assert 0 < c.n_kept < c.n_edges
     assert c.forward_passes < c.n_edges / 2  # batched passes, not one forward per edge
+    assert c.extra["kernel"] == "torch"
+    # compiled: one partial evaluation per edge with an effect, none for the rest
+    c2 = discover(model, clean, corrupt, method="acdc", threshold=1e-3, kernel="compiled")
+    assert c2.extra["kernel"] == "compiled" and c2.extra["candidates"] <= c2.n_edges
+    assert c2.forward_passes == c2.extra["candidates"] + 1  # (and the full forward it starts from)
+    assert all(torch.equal(a, b) for a, b in zip(c.mask, c2.mask))
+
+
+def test_auto_kernel_is_compiled_for_float64_on_cpu_and_torch_otherwise():
+    model = random_mlp([6, 8, 8, 3], seed=2)
+    clean, corrupt = pairs(6, n=12, seed=1)
+    assert discover(model, clean, corrupt, method="acdc", threshold=1e-3).extra["kernel"] == "compiled"
+    c32 = discover(model, clean, corrupt, method="acdc", threshold=1e-3, dtype="float32")
+    assert c32.extra["kernel"] == "torch"
+    with pytest.raises(ModcircuitError, match="kernel 'compiled' runs float64 on the CPU"):
+        discover(model, clean, corrupt, method="acdc", threshold=1e-3, dtype="float32", kernel="compiled")
+    with pytest.raises(ModcircuitError, match="unknown kernel 'numba'; allowed: auto, compiled, torch"):
+        discover(model, clean, corrupt, method="acdc", threshold=1e-3, kernel="numba")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("widths,act", [([5, 8, 7, 3], "silu"), ([5, 9, 8, 7, 4], "gelu"), ([4, 6, 5], "sigmoid")])
+def test_fast_acdc_equals_reference_with_the_logit_difference_metric(widths, act, kernel):
+    model = random_mlp(widths, act, seed=11)
+    clean, corrupt = pairs(widths[0], n=16, seed=4)
+    labels = torch.arange(16) % widths[-1]
+    for threshold in [1e-3, 1e-2, 1e-1]:
+        ref = discover(model, clean, corrupt, labels=labels, method="acdc-plain", threshold=threshold,
+                       metric="logit-diff")
+        c = discover(model, clean, corrupt, labels=labels, method="acdc", threshold=threshold, metric="logit-diff",
+                     kernel=kernel)
+        assert all(torch.equal(a, b) for a, b in zip(c.mask, ref.mask)), threshold
+        for a, b in zip(c.scores, ref.scores):
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), threshold
 
 
 @pytest.mark.parametrize("name", ["planted", "planted-distractor"])
@@ -118,7 +158,8 @@ def test_random_auc_near_half_on_planted():
     assert abs(mean - 0.5) < 0.07, aucs
 
 
-def test_fast_acdc_equals_reference_with_peaked_logits():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fast_acdc_equals_reference_with_peaked_logits(kernel):
     """Large logits: the fast KL shortcuts (output-only and last-hidden-layer receivers) stay exact."""
     model = random_mlp([5, 8, 7, 3], "silu", seed=3, permute=False)
     with torch.no_grad():
@@ -127,7 +168,7 @@ def test_fast_acdc_equals_reference_with_peaked_logits():
     clean, corrupt = pairs(5, n=16, seed=2)
     for threshold in [1e-3, 1e-1, 1.0]:
         ref_mask, ref_scores = reference_acdc(model, clean, corrupt, threshold, "kl", "resample")
-        c = discover(model, clean, corrupt, method="acdc", threshold=threshold, metric="kl")
+        c = discover(model, clean, corrupt, method="acdc", threshold=threshold, metric="kl", kernel=kernel)
         assert all(torch.equal(g, w) for g, w in zip(c.mask, ref_mask)), threshold
         for got, want in zip(c.scores, ref_scores):
             assert torch.allclose(got, want, rtol=1e-9, atol=1e-12), threshold
@@ -141,8 +182,9 @@ DENSE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("widths,act,metric,ablation", DENSE_CASES)
-def test_fast_acdc_equals_reference_on_dense_circuits(widths, act, metric, ablation):
+def test_fast_acdc_equals_reference_on_dense_circuits(widths, act, metric, ablation, kernel):
     """Thresholds keeping 10-50% of the edges: many wrong "removed" guesses, so the individual-effect
     predictions and the chains restarted after wrong guesses all run."""
     model = random_mlp(widths, act, seed=7, scale=0.6)
@@ -153,7 +195,8 @@ def test_fast_acdc_equals_reference_on_dense_circuits(widths, act, metric, ablat
     for q in [0.5, 0.75, 0.9]:  # thresholds from the score distribution: circuits of varied density
         threshold = max(torch.quantile(scores, q).item(), 1e-12)
         ref_mask, ref_scores = reference_acdc(model, clean, corrupt, threshold, metric, ablation)
-        c = discover(model, clean, corrupt, method="acdc", threshold=threshold, metric=metric, ablation=ablation)
+        c = discover(model, clean, corrupt, method="acdc", threshold=threshold, metric=metric, ablation=ablation,
+                     kernel=kernel)
         for got, want in zip(c.mask, ref_mask):
             assert torch.equal(got, want), threshold
         for got, want in zip(c.scores, ref_scores):

@@ -6,30 +6,39 @@ good when metric(circuit without it) - metric(current circuit) < threshold. Its 
 
 `acdc-plain` does exactly that with one full masked forward per edge (the reference).
 
-`acdc` (fast) gets the same circuit and scores (up to float64 rounding) without a forward per edge:
+`acdc` (fast) gets the same circuit and scores (up to float64 rounding) without a forward per edge, by one
+of two kernels (option `kernel`; "auto" picks the compiled one for float64 on the CPU when numba is there):
  * while the receivers of linear l are processed, every linear below l is untouched, so the live input of
    linear l is the full model's clean activation h_l and the receiver's pre-activation is linear in its
    incoming edges: z_j = C_j + sum_i M_ji * W_ji * (h_i - a_i). Removing edge i subtracts one known
    [B]-vector, so a candidate circuit is just a new z_j.
- * only the layers after the receiver are recomputed, batched over many candidate z_j at once (a rank-one
-   update of the next layer, then the fixed downstream circuit).
- * the sequential rule is kept exactly by speculation: a batch evaluates a *chain* of candidates assuming
-   a guessed outcome for each earlier edge of the same receiver (guesses: the edges' individual effects,
-   measured in one batched pass). Outcomes are then checked in order; at the first wrong guess the rest of
-   the batch is discarded and a new chain starts from the true state. Results never depend on guesses,
-   only the amount of work does.
+ * only the layers after the receiver are recomputed: the next layer's neurons that the receiver feeds
+   (a rank-one update of those alone), then the fixed downstream circuit.
+ * "compiled" (mlp_acdc_kernel.py, numba): the rule exactly as stated, one evaluation per edge, in compiled
+   loops over the examples.
+ * "torch" (any device and precision): the sequential rule is kept exactly by speculation: a batch
+   evaluates a *chain* of candidates assuming a guessed outcome for each earlier edge of the same receiver.
+   Outcomes are checked in order; at the first wrong guess the rest of the batch is discarded and a new
+   chain starts from the true state. A guess is the edge's latest measured score (candidates evaluated past
+   a wrong guess still measure their edges); receivers of a layer whose edges are mostly kept start with
+   one pass of every edge's individual effect. Results never depend on guesses, only the amount of work.
  * an edge whose change is exactly zero (source value equals its ablated value on every example, a zero
    weight, or a receiver whose outgoing edges are all removed) has score exactly 0 without evaluation.
-`forward_passes` counts batched (partial) passes; `extra["candidates"]` the candidate circuits evaluated.
+`forward_passes` counts (partial) passes: batched ones for "torch", one per evaluated edge for "compiled";
+`extra["candidates"]` the candidate circuits evaluated, `extra["kernel"]` the kernel that ran.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from ...errors import ModcircuitError, choice_error
+from ..patching import logit_diff
 from . import MethodResult, register_method
 
-SWITCH = 2  # wrong "removed" guesses in one receiver before its edges' individual effects are measured
-FIRST_CHUNK = 8  # after a wrong guess, the next chain is evaluated in chunks of 8, 16, 32, ...
+DENSE_SWITCH = 0.5  # below this share of removed edges (so far in the layer), receivers start with individual effects
+COMPILED_BLOCK = 20_000  # edges per call of the compiled kernel (progress is reported between calls)
+FIRST_CHUNK = 8  # a chain is evaluated in chunks of 8, 16, 32, ... candidates (it is often cut short)
 MAX_ELEMENTS = 1 << 17  # per evaluation chunk (candidates x examples x widest layer): small enough to stay in cache
 
 
@@ -59,14 +68,38 @@ def acdc_plain(ctx, threshold: float, max_edges: int | None = None, progress=Non
                         extra={"edges_tested": tested, "final_metric": m_cur})
 
 
+KERNELS = ("auto", "compiled", "torch")
+
+
+def compiled_kernel():
+    """The numba kernel module, or None when numba is not installed (extra `fast`)."""
+    try:
+        from . import mlp_acdc_kernel
+    except ImportError:
+        return None
+    return mlp_acdc_kernel
+
+
 @register_method("acdc", "ACDC, exact semantics, fast: only the receiver's downstream recomputed, batched")
-def acdc_fast(ctx, threshold: float, progress=None) -> MethodResult:
-    return _FastACDC(ctx, threshold, progress).run()
+def acdc_fast(ctx, threshold: float, progress=None, kernel: str = "auto") -> MethodResult:
+    """kernel: "compiled" (numba, one evaluation per edge; float64 on the CPU), "torch" (batched speculative
+    chains; any device and precision) or "auto" (compiled where it applies and numba is installed)."""
+    if kernel not in KERNELS:
+        raise choice_error("kernel", kernel, KERNELS)
+    fits = ctx.dtype == torch.float64 and ctx.device.type == "cpu"
+    if kernel == "compiled":
+        if compiled_kernel() is None:
+            raise ModcircuitError("kernel 'compiled' needs numba: pip install -e '.[fast]'")
+        if not fits:
+            raise ModcircuitError(f"kernel 'compiled' runs float64 on the CPU; this context is "
+                                  f"{str(ctx.dtype).replace('torch.', '')} on {ctx.device.type}; use kernel 'torch'")
+    compiled = kernel == "compiled" or (kernel == "auto" and fits and compiled_kernel() is not None)
+    return _FastACDC(ctx, threshold, progress, compiled).run()
 
 
 class _FastACDC:
-    def __init__(self, ctx, threshold, progress):
-        self.ctx, self.thr, self.progress = ctx, float(threshold), progress
+    def __init__(self, ctx, threshold, progress, compiled: bool = False):
+        self.ctx, self.thr, self.progress, self.compiled = ctx, float(threshold), progress, compiled
         self.L = ctx.L
         self.W, self.a, self.h = ctx.W, ctx.a, ctx.h
         self.C = [ctx.a[l] @ ctx.W[l].T + ctx.b[l] for l in range(self.L)]  # pre-activation with all edges ablated
@@ -75,6 +108,8 @@ class _FastACDC:
         self.scores = [torch.zeros(s, dtype=torch.float64, device=ctx.device) for s in ctx.graph.shapes]
         self.passes = 0
         self.candidates = 0
+        # per linear: non-zero edges decided so far and how many of them were removed (the guess for the next)
+        self.decided, self.removed = [0] * self.L, [0] * self.L
         self.done = 0
 
     def run(self) -> MethodResult:
@@ -86,11 +121,74 @@ class _FastACDC:
             self.m = ctx.metric(ctx.forward(ctx.full_masks())).item()
             self.passes += 1
             for l in reversed(range(self.L)):
-                self._layer(l)
+                if self.compiled:
+                    self._layer_compiled(l)
+                else:
+                    self._layer(l)
         return MethodResult(
             scores=[s.cpu() for s in self.scores], mask=[k.cpu() for k in self.keep], forward_passes=self.passes,
-            extra={"candidates": self.candidates, "final_metric": self.m},
+            extra={"candidates": self.candidates, "final_metric": self.m,
+                   "kernel": "compiled" if self.compiled else "torch"},
         )
+
+    # ---- one layer of receivers, compiled (mlp_acdc_kernel.py) ---------------------------------------
+    def _layer_compiled(self, l: int):
+        """Linear l's receivers in the compiled kernel; its arrays are [units, examples] (float64, CPU)."""
+        K, ctx, L = compiled_kernel(), self.ctx, self.L
+        unit_major = lambda t: np.ascontiguousarray(t.detach().cpu().numpy().T)  # noqa: E731
+        flat = lambda t: np.ascontiguousarray(t.detach().cpu().numpy()).ravel()  # noqa: E731
+        act = lambda k: K.ACTIVATIONS[ctx.model.activation_names[k - 1]]  # noqa: E731
+        D = self.h[l] - self.a[l]
+        z = unit_major(self.C[l] + D @ self.weff[l].T)
+        D, W = unit_major(D), np.ascontiguousarray(self.W[l].cpu().numpy())
+        n_out, n_in = W.shape
+        keep, scores = np.ones((n_out, n_in), dtype=bool), np.zeros((n_out, n_in))
+        self._prepare_downstream(l)
+        classes = ctx.classes if ctx.classes is not None else ctx.target.argmax(-1)
+        metric = (K.METRICS[ctx.metric_name], unit_major(self.p), flat(self.neg_entropy), unit_major(ctx.target),
+                  flat(classes.long()), flat(logit_diff(ctx.target, classes)))
+        if l == L - 1:
+            def block(j0, j1):
+                return K.receivers_output(D, W, z, keep, scores, self.thr, self.m, j0, j1, *metric)
+        else:
+            rows = self.alive[l + 2]
+            hcur = K.activate(act(l + 1), z)
+            h_t = torch.from_numpy(hcur.T)
+            zn = unit_major((self.C[l + 1] + (h_t - self.a[l + 1]) @ self.weff[l + 1].T)[:, rows])
+            deep = l + 2 < L
+            if deep:  # the layer after the changed rows, and the fixed circuit from there to the outputs
+                hzn = K.activate(act(l + 2), zn)
+                tails = [self.tail[k] for k in range(l + 2, L)]
+                base = unit_major(torch.from_numpy(hzn.T) @ tails[0][0] + tails[0][1])
+                tail_w = np.concatenate([flat(wt) for wt, _ in tails])
+                tail_c = np.concatenate([unit_major(c).ravel() for _, c in tails])
+                tail_dims = np.array([tails[0][0].shape[0]] + [wt.shape[1] for wt, _ in tails], dtype=np.int64)
+                tail_cb = np.array([c.shape[0] for _, c in tails], dtype=np.int64)
+                tail_act = np.array([act(k) for k in range(l + 2, L)], dtype=np.int64)
+            else:
+                hzn, base = np.zeros((1, 1)), np.zeros((1, 1))
+                tail_w, tail_c = np.zeros(1), np.zeros(1)
+                tail_dims, tail_cb = np.array([int(rows.sum())], dtype=np.int64), np.ones(1, dtype=np.int64)
+                tail_act = np.zeros(1, dtype=np.int64)
+            state = (hcur, act(l + 1), np.ascontiguousarray(self.weff[l + 1][rows].cpu().numpy()), zn,
+                     act(l + 2) if deep else 0, hzn, base, deep, tail_w, tail_c, tail_dims, tail_cb, tail_act)
+
+            def block(j0, j1):
+                return K.receivers_hidden(D, W, z, *state, keep, scores, self.thr, self.m, j0, j1, *metric)
+        # receivers in blocks of about COMPILED_BLOCK edges, for the progress bar
+        step = max(1, COMPILED_BLOCK // max(n_in, 1))
+        for j0 in range(0, n_out, step):
+            j1 = min(n_out, j0 + step)
+            self.m, evaluated = block(j0, j1)
+            self.candidates += evaluated
+            self.passes += evaluated
+            self.done += (j1 - j0) * n_in
+            if self.progress is not None:
+                self.progress(self.done, ctx.graph.n_edges)
+        dev = self.scores[l].device
+        self.keep[l] = torch.from_numpy(keep).to(dev)
+        self.scores[l] = torch.from_numpy(scores).to(dev)
+        self.weff[l] = self.W[l] * self.keep[l]
 
     # ---- downstream of a receiver ------------------------------------------------------------------
     def _prepare_downstream(self, l: int):
@@ -170,10 +268,26 @@ class _FastACDC:
                 return kl if bool(torch.isfinite(kl).all()) else self.metric(out)
             return ev, max(int(rows.sum()), 1)
 
+        if l + 2 == L:  # the next layer is the output (a metric without a closed form above)
+            def ev(c):
+                dh = ctx.model.act(l + 1, c) - hj
+                return self.metric(torch.addcmul(zb, dh[..., None], col))
+            return ev, max(int(rows.sum()), 1)
+
+        # deeper receivers: only the next layer's neurons that the receiver feeds (col != 0) change, so the
+        # layer after them is updated by those columns alone and the rest of the fixed circuit runs as usual
+        k = l + 2
+        changed = torch.nonzero(col).flatten()
+        wt, c_k = self.tail[k]
+        hb = ctx.model.act(k, zb)
+        base = hb @ wt + c_k
+        zc, colc, hbc, wtc = zb[:, changed], col[changed], hb[:, changed], wt[changed]
+
         def ev(c):
             dh = ctx.model.act(l + 1, c) - hj
-            return self.metric(self._tail(l + 2, torch.addcmul(zb, dh[..., None], col)))
-        return ev, max(int(rows.sum()), 1)
+            delta = ctx.model.act(k, torch.addcmul(zc, dh[..., None], colc)).sub_(hbc)
+            return self.metric(self._tail(k + 1, torch.matmul(delta, wtc).add_(base)))
+        return ev, max(len(changed), wt.shape[1], 1)
 
     @staticmethod
     def _with_output(z: torch.Tensor, j: int, c: torch.Tensor) -> torch.Tensor:
@@ -202,7 +316,7 @@ class _FastACDC:
         while s < cands.shape[0]:
             k = min(size, cands.shape[0] - s)
             self.candidates += k
-            yield s, ev(cands[s:s + k]).tolist()
+            yield s, ev(cands[s:s + k]).to(torch.float64).cpu().numpy()
             s += k
             size = min(2 * size, step)
 
@@ -225,9 +339,11 @@ class _FastACDC:
                 self.progress(self.done, self.ctx.graph.n_edges)
 
     def _receiver(self, l, j, d, zero, zj, ev, width):
-        """Decide the receiver's incoming edges in order. Each pass evaluates a chain of candidates built
-        on guessed outcomes of the earlier edges (first: every edge removed; after SWITCH wrong guesses:
-        each edge's individual effect from a full pass) and stops at the first wrong guess."""
+        """Decide the receiver's incoming edges in order. Each pass evaluates a chain of candidates built on
+        guessed outcomes of the earlier edges and stops at the first wrong guess. A guess is the edge's latest
+        measured score (every candidate evaluated past a wrong guess still measures its edge, on a state one
+        edge off the true one); unmeasured edges are guessed removed where this layer's edges mostly are, and
+        otherwise the receiver starts with one pass of every edge's individual effect."""
         thr = self.thr
         self.keep[l][j][zero] = not (0.0 < thr)  # exactly no effect: score 0
         pend_t = torch.nonzero(~zero).flatten()
@@ -235,48 +351,52 @@ class _FastACDC:
         if n == 0:
             return zj
         dk_all = d[:, pend_t].T.contiguous()  # [n, B]
-        scores, keep = [0.0] * n, [True] * n
-        guess = [True] * n
-        pos, wrong, predicted = 0, 0, False
+        scores, keep, est = np.zeros(n), np.ones(n, dtype=bool), np.full(n, np.nan)
+        sparse = self.removed[l] >= DENSE_SWITCH * self.decided[l]
+        pos, first, individual = 0, FIRST_CHUNK, not sparse
         while pos < n:
-            individual = wrong >= SWITCH and not predicted
             dk = dk_all[pos:]
             if individual:  # every candidate from the current state: a chain that guesses "kept"
-                g = [False] * (n - pos)
+                g = np.zeros(n - pos, dtype=bool)
                 cands = zj - dk
             else:
-                g = guess[pos:]
-                gd = dk * torch.tensor(g, dtype=dk.dtype, device=dk.device)[:, None]
+                e = est[pos:]
+                g = np.where(np.isnan(e), sparse, e < thr)
+                gd = dk * torch.from_numpy(g).to(dk.dtype).to(dk.device)[:, None]
                 cands = zj - (torch.cumsum(gd, 0) - gd) - dk
-            m0, used, all_mets = self.m, None, []
-            first = None if (individual or wrong == 0) else FIRST_CHUNK
-            for s, mets in self._chunks(ev, width, cands, first):
-                if individual:
-                    all_mets += mets
-                if used is not None:
-                    continue  # (individual pass: finish it for the predictions)
-                for k, mk in enumerate(mets, s):
-                    sc = mk - self.m
-                    scores[pos + k] = sc
+            m_path, wrong = self.m, None  # the metric of the chain's (guessed) state before the chunk
+            for s, mets in self._chunks(ev, width, cands, None if individual else first):
+                k = len(mets)
+                gs = g[s:s + k]
+                # each candidate's score against the chain state before it: the last guessed-removed candidate
+                last = np.maximum.accumulate(np.where(gs, np.arange(k), -1))
+                before = np.concatenate(([-1], last[:-1]))
+                sc = mets - np.where(before >= 0, mets[np.maximum(before, 0)], m_path)
+                if last[-1] >= 0:
+                    m_path = mets[last[-1]]
+                if wrong is None:
                     removed = sc < thr
-                    keep[pos + k] = not removed
-                    if removed:
-                        self.m = mk
-                        zj = cands[k]
-                    if removed != g[k]:
-                        used = k + 1
-                        break
-                if used is not None and not individual:
+                    bad = np.flatnonzero(removed != gs)
+                    upto = k if len(bad) == 0 else int(bad[0]) + 1
+                    scores[pos + s:pos + s + upto] = sc[:upto]
+                    keep[pos + s:pos + s + upto] = ~removed[:upto]
+                    gone = np.flatnonzero(removed[:upto])
+                    if len(gone):  # guesses before a wrong one were right: the last removal is the state
+                        self.m = float(mets[gone[-1]])
+                        zj = cands[s + int(gone[-1])]
+                    if len(bad):
+                        wrong = s + upto - 1
+                        est[pos + wrong + 1:pos + s + k] = sc[upto:]
+                else:
+                    est[pos + s:pos + s + k] = sc
+                if wrong is not None and not individual:
                     break
-            if individual:
-                guess[pos:] = [mk - m0 < thr for mk in all_mets]
-                predicted = True
-            if used is None:
-                used = n - pos
-            else:
-                wrong += 1
+            individual = False
+            used = n - pos if wrong is None else wrong + 1
             pos += used
+        self.decided[l] += n
+        self.removed[l] += n - int(keep.sum())
         dev = self.scores[l].device
-        self.scores[l][j][pend_t] = torch.tensor(scores, dtype=torch.float64, device=dev)
-        self.keep[l][j][pend_t] = torch.tensor(keep, dtype=torch.bool, device=dev)
+        self.scores[l][j][pend_t] = torch.from_numpy(scores).to(dev)
+        self.keep[l][j][pend_t] = torch.from_numpy(keep).to(dev)
         return zj
