@@ -221,6 +221,11 @@ def test_discover_with_a_list_of_sizes_equals_one_call_per_size():
         assert all(torch.equal(a, b) for a, b in zip(c.mask, one.mask))
         assert all(torch.equal(a, b) for a, b in zip(c.scores, one.scores))
     assert many[0].scores[0] is not many[1].scores[0]
+    # the curves depend on the scores alone: taken from another size's report, they are what evaluate computes
+    first = evaluate(model, many[0], (x, xc))
+    for c in many[1:]:
+        fresh, reused = evaluate(model, c, (x, xc)), evaluate(model, c, (x, xc), curves_of=first)
+        assert reused == fresh and reused["curve"] is first["curve"]  # (taken, not recomputed)
     with pytest.raises(ModcircuitError, match="top_k is an empty list"):
         discover(model, x, xc, method="eap", top_k=[])
     with pytest.raises(ModcircuitError, match="top_k"):

@@ -277,3 +277,4 @@ def test_cells_that_differ_only_in_size_share_one_run_of_the_method(tmp_path, mo
         rows = [row for row in s.rows("circuits") if row["method"] == "eap" and row.get("edge_count")]
     assert sorted((int(row["edge_count"]), row["n_kept"]) for row in rows) == [(5, 5), (10, 10), (5000, 480)]
     assert len({row["seconds"] for row in rows}) == 1  # one run, its time on every size
+    assert len({(row["curve_area"], row["cpr"], row["cmd"]) for row in rows}) == 1  # one scoring, one curve

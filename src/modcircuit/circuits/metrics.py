@@ -64,11 +64,12 @@ def patch_context(model, circuit: CircuitBase, clean, corrupt=None, labels=None,
 
 def evaluate(model, circuit: CircuitBase, task_or_data, *, curve_points: int = 12, split: str = "test",
              examples: int | None = None, data_seed: int | None = None, positions=None,
-             allow_other_model: bool = False, truth=None, require_truth: bool = False) -> dict:
+             allow_other_model: bool = False, truth=None, require_truth: bool = False, curves_of=None) -> dict:
     """Score `circuit` on `model`. A circuit found on another model (other fingerprint, same graph) is refused
     unless allow_other_model=True, for a deliberate transfer. truth: a transformer's HeadTruth (or its dict or
     JSON file) to score against instead of the one the model or task knows; require_truth: fail when there
-    is none."""
+    is none. curves_of: the report of a circuit with the same scores, evaluated the same way (one scoring cut
+    at several sizes): its faithfulness curves depend on the scores alone and are taken from it."""
     from .truth_scoring import truth_report
 
     circuit.check_model(model, allow_other_model)
@@ -101,10 +102,13 @@ def evaluate(model, circuit: CircuitBase, task_or_data, *, curve_points: int = 1
         "seconds": circuit.seconds, "forward_passes": circuit.forward_passes,
     })
     rep["node_fraction"] = rep["n_nodes_kept"] / rep["n_nodes"]
-    curve = faithfulness_curve(ctx, circuit.scores, curve_points, n_edges=circuit.n_edges)
+    if curves_of is not None and "curve" in curves_of and "mib_curve" in curves_of:
+        curve, rep["mib_curve"] = curves_of["curve"], curves_of["mib_curve"]
+    else:
+        curve = faithfulness_curve(ctx, circuit.scores, curve_points, n_edges=circuit.n_edges)
+        rep["mib_curve"] = mib_curve(ctx, circuit.scores, circuit.n_edges)
     rep["curve"] = curve
     rep["curve_area"] = curve_area(curve)
-    rep["mib_curve"] = mib_curve(ctx, circuit.scores, circuit.n_edges)
     rep["cpr"], rep["cmd"] = mib_areas(rep["mib_curve"])
     edge_truth = getattr(task, "edge_truth", None) if task is not None else None
     if edge_truth is not None:

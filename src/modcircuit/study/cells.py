@@ -141,6 +141,7 @@ def run_unit(unit: Unit) -> dict:
             discover, evaluate = circuit_api()
         sized = _size_groups(unit.circuits)
         scored: dict[tuple, dict[int, object]] = {}
+        curves: dict[tuple, dict] = {}  # the curves of each scoring (they depend on the scores alone)
         for cc in unit.circuits:
             kw = {"threshold": cc.threshold if cc.threshold is not None else 0.0}
             if cc.split_qkv:
@@ -165,7 +166,10 @@ def run_unit(unit: Unit) -> dict:
                                      top_k=[min(k, n) for k in counts], **kw)
                     scored[group] = dict(zip(counts, found))
                 circuit = scored[group][cc.edge_count]
-            report = evaluate(run.model, circuit, data)
+            group = _scoring_key(cc) if cc.edge_count is not None else None
+            report = evaluate(run.model, circuit, data, curves_of=curves.get(group))
+            if group is not None:
+                curves.setdefault(group, {k: report[k] for k in ("curve", "mib_curve") if k in report})
             if not cc.curves:
                 report.pop("curve", None)
                 report.pop("mib_curve", None)
