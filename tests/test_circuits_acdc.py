@@ -226,6 +226,9 @@ def test_discover_with_a_list_of_sizes_equals_one_call_per_size():
     for c in many[1:]:
         fresh, reused = evaluate(model, c, (x, xc)), evaluate(model, c, (x, xc), curves_of=first)
         assert reused == fresh and reused["curve"] is first["curve"]  # (taken, not recomputed)
+    bare = evaluate(model, many[0], (x, xc), curves=False)
+    assert not {"curve", "mib_curve", "curve_area", "cpr", "cmd"} & set(bare)
+    assert {k: v for k, v in first.items() if k in bare} == bare
     with pytest.raises(ModcircuitError, match="top_k is an empty list"):
         discover(model, x, xc, method="eap", top_k=[])
     with pytest.raises(ModcircuitError, match="top_k"):

@@ -121,6 +121,9 @@ def test_a_study_with_the_control_reports_true_and_nonsense_targets(tmp_path):
     assert {(r["method"], r["target"]) for r in control} == {(m, t) for m in ("acdc", "eap")
                                                           for t in ("labels", "permuted-labels")}
     assert all(r["metric"] == "logit-diff" for r in control)
+    # control circuits skip the faithfulness curves (the control table does not read them); the study's keep them
+    assert all(r.get("curve_area") is None and r.get("cpr") is None for r in control)
+    assert all(r["curve_area"] is not None and r["cpr"] is not None for r in circuits if not r.get("target"))
     assert all(r["label_seed"] == 5 for r in control if r["target"] == "permuted-labels")
     report = build_report(res.results, tmp_path / "report")
     md = report.markdown.read_text()

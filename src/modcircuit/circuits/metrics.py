@@ -64,12 +64,14 @@ def patch_context(model, circuit: CircuitBase, clean, corrupt=None, labels=None,
 
 def evaluate(model, circuit: CircuitBase, task_or_data, *, curve_points: int = 12, split: str = "test",
              examples: int | None = None, data_seed: int | None = None, positions=None,
-             allow_other_model: bool = False, truth=None, require_truth: bool = False, curves_of=None) -> dict:
+             allow_other_model: bool = False, truth=None, require_truth: bool = False, curves_of=None,
+             curves: bool = True) -> dict:
     """Score `circuit` on `model`. A circuit found on another model (other fingerprint, same graph) is refused
     unless allow_other_model=True, for a deliberate transfer. truth: a transformer's HeadTruth (or its dict or
     JSON file) to score against instead of the one the model or task knows; require_truth: fail when there
     is none. curves_of: the report of a circuit with the same scores, evaluated the same way (one scoring cut
-    at several sizes): its faithfulness curves depend on the scores alone and are taken from it."""
+    at several sizes): its faithfulness curves depend on the scores alone and are taken from it. curves=False
+    leaves out the curves and their areas (curve_area, CPR, CMD), the costliest part of a report."""
     from .truth_scoring import truth_report
 
     circuit.check_model(model, allow_other_model)
@@ -103,13 +105,13 @@ def evaluate(model, circuit: CircuitBase, task_or_data, *, curve_points: int = 1
     })
     rep["node_fraction"] = rep["n_nodes_kept"] / rep["n_nodes"]
     if curves_of is not None and "curve" in curves_of and "mib_curve" in curves_of:
-        curve, rep["mib_curve"] = curves_of["curve"], curves_of["mib_curve"]
-    else:
-        curve = faithfulness_curve(ctx, circuit.scores, curve_points, n_edges=circuit.n_edges)
+        rep["curve"], rep["mib_curve"] = curves_of["curve"], curves_of["mib_curve"]
+    elif curves:
+        rep["curve"] = faithfulness_curve(ctx, circuit.scores, curve_points, n_edges=circuit.n_edges)
         rep["mib_curve"] = mib_curve(ctx, circuit.scores, circuit.n_edges)
-    rep["curve"] = curve
-    rep["curve_area"] = curve_area(curve)
-    rep["cpr"], rep["cmd"] = mib_areas(rep["mib_curve"])
+    if "curve" in rep:
+        rep["curve_area"] = curve_area(rep["curve"])
+        rep["cpr"], rep["cmd"] = mib_areas(rep["mib_curve"])
     edge_truth = getattr(task, "edge_truth", None) if task is not None else None
     if edge_truth is not None:
         rep.update(_prefixed("edges", roc(circuit.scores, edge_truth)))

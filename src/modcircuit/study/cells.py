@@ -167,7 +167,8 @@ def run_unit(unit: Unit) -> dict:
                     scored[group] = dict(zip(counts, found))
                 circuit = scored[group][cc.edge_count]
             group = _scoring_key(cc) if cc.edge_count is not None else None
-            report = evaluate(run.model, circuit, data, curves_of=curves.get(group))
+            # control cells need no curves: the control table reads their size and faithfulness only
+            report = evaluate(run.model, circuit, data, curves_of=curves.get(group), curves=cc.target is None)
             if group is not None:
                 curves.setdefault(group, {k: report[k] for k in ("curve", "mib_curve") if k in report})
             if not cc.curves:
