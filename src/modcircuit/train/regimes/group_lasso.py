@@ -37,6 +37,7 @@ class GroupLasso(Regime):
         if lam == 0:
             return
         for w, _, _ in self.model.cost_terms():
-            norms = w.norm(dim=self._dim, keepdim=True)
-            # d||g||/dg = g / ||g||; at g = 0 the subgradient 0 (as autograd gives for norm at 0)
-            w.grad.add_(w / norms.clamp_min(torch.finfo(w.dtype).tiny) * (norms > 0), alpha=self._scale(w, lam))
+            norms = torch.linalg.vector_norm(w, dim=self._dim, keepdim=True)
+            # d||g||/dg = g / ||g||; at g = 0 the subgradient 0 (as autograd gives for norm at 0). The
+            # per-neuron factor is formed on the small norms vector: two passes over W in all
+            w.grad.addcmul_(w, torch.where(norms > 0, self._scale(w, lam) / norms, 0.0))
