@@ -109,6 +109,7 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
     seconds = time.perf_counter() - t0
     scores, mask, graph = kind.scores(ctx, res, method, task)
     edges = kind.edges(ctx)
+    fingerprint = model_fingerprint(model)  # (once: it hashes every weight)
     circuits = []
     for k in sizes or [top_k]:
         if k is not None:
@@ -126,7 +127,7 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
         extra["dtype"] = str(dtype).replace("torch.", "")
         common = dict(method=method, threshold=threshold, metric=metric, ablation=ablation, seconds=seconds,
                       forward_passes=int(res.forward_passes), extra=extra,
-                      model_fingerprint=model_fingerprint(model))
+                      model_fingerprint=fingerprint)
         own = scores if not circuits else [s.clone() for s in scores]  # (circuits never share tensors)
         circuits.append(kind.circuit(ctx, graph, own, keep, common))
     return circuits if sizes is not None else circuits[0]

@@ -154,10 +154,10 @@ def run_unit(unit: Unit) -> dict:
 
                 data = control_inputs(task, cc.target, cc.label_seed)
                 kw.update(control_options(run.model, cc.method))
-            if cc.edge_count is None:
+            group = _scoring_key(cc) if cc.edge_count is not None else None
+            if group is None:
                 circuit = discover(run.model, data, method=cc.method, metric=cc.metric, ablation=cc.ablation, **kw)
             else:
-                group = _scoring_key(cc)
                 if group not in scored:  # one run of the method gives the circuits of every size asked for
                     counts = sized[group]
                     # a size above the graph's keeps every edge (one spec, tasks of any size)
@@ -166,7 +166,6 @@ def run_unit(unit: Unit) -> dict:
                                      top_k=[min(k, n) for k in counts], **kw)
                     scored[group] = dict(zip(counts, found))
                 circuit = scored[group][cc.edge_count]
-            group = _scoring_key(cc) if cc.edge_count is not None else None
             # control cells need no curves: the control table reads their size and faithfulness only
             report = evaluate(run.model, circuit, data, curves_of=curves.get(group), curves=cc.target is None)
             if group is not None:

@@ -353,7 +353,7 @@ class _FastACDC:
         dk_all = d[:, pend_t].T.contiguous()  # [n, B]
         scores, keep, est = np.zeros(n), np.ones(n, dtype=bool), np.full(n, np.nan)
         sparse = self.removed[l] >= DENSE_SWITCH * self.decided[l]
-        pos, first, individual = 0, FIRST_CHUNK, not sparse
+        pos, individual = 0, not sparse
         while pos < n:
             dk = dk_all[pos:]
             if individual:  # every candidate from the current state: a chain that guesses "kept"
@@ -365,7 +365,7 @@ class _FastACDC:
                 gd = dk * torch.from_numpy(g).to(dk.dtype).to(dk.device)[:, None]
                 cands = zj - (torch.cumsum(gd, 0) - gd) - dk
             m_path, wrong = self.m, None  # the metric of the chain's (guessed) state before the chunk
-            for s, mets in self._chunks(ev, width, cands, None if individual else first):
+            for s, mets in self._chunks(ev, width, cands, None if individual else FIRST_CHUNK):
                 k = len(mets)
                 gs = g[s:s + k]
                 # each candidate's score against the chain state before it: the last guessed-removed candidate

@@ -102,6 +102,19 @@ def _candidate(D, i, w, zj, c):
     return changed
 
 
+@njit(cache=True, inline="always")
+def _decide(m_new, m_cur, thr, scores, keep, j, i, zj, c):
+    """ACDC's rule for edge (j, i): its score is m_new - m_cur; removed (zj becomes c) when below thr.
+    Returns the metric of the circuit after the decision."""
+    s = m_new - m_cur
+    scores[j, i] = s
+    keep[j, i] = not (s < thr)
+    if s < thr:
+        zj[:] = c
+        return m_new
+    return m_cur
+
+
 @njit(cache=True)
 def receivers_output(D, W, z, keep, scores, thr, m_cur, j0, j1,
                      mkind, p, neg_entropy, target, classes, ld_target):
@@ -124,12 +137,7 @@ def receivers_output(D, W, z, keep, scores, thr, m_cur, j0, j1,
             evaluated += 1
             out[j] = c
             m_new = _metric(mkind, out, n_out, B, p, neg_entropy, target, classes, ld_target, t1, t2, t3)
-            s = m_new - m_cur
-            scores[j, i] = s
-            keep[j, i] = not (s < thr)
-            if s < thr:
-                m_cur = m_new
-                zj[:] = c
+            m_cur = _decide(m_new, m_cur, thr, scores, keep, j, i, zj, c)
         out[j] = zj
         z[j] = zj
     return m_cur, evaluated
@@ -224,12 +232,7 @@ def receivers_hidden(D, W, z, hcur, act1, Wn, zn, act2, hzn, base, deep,
                 else:
                     _tail(row, out, h, tail_w, tail_c, tail_dims, tail_cb, tail_act, B)
                     m_new = _metric(mkind, out, n_final, B, p, neg_entropy, target, classes, ld_target, t1, t2, t3)
-            s = m_new - m_cur
-            scores[j, i] = s
-            keep[j, i] = not (s < thr)
-            if s < thr:
-                m_cur = m_new
-                zj[:] = c
+            m_cur = _decide(m_new, m_cur, thr, scores, keep, j, i, zj, c)
         # the receiver's final value is the state of the receivers after it
         for b in range(B):
             hv = _act(act1, zj[b])
