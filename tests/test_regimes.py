@@ -1,5 +1,6 @@
 """Regimes: the registry, every penalty's direct gradient against autograd, weight-sparse's projection,
 clusterability's C against its definition, bad options, and the lam schedule."""
+import numpy as np
 import pytest
 import torch
 from sklearn.cluster import SpectralCoclustering
@@ -233,11 +234,12 @@ def test_weight_sparse_band_search_picks_the_same_entries_as_a_full_top_k(dtype,
     drifting matrix, with k falling as during annealing, then rising, with jumps that leave the band, and
     (levels > 0) values on a coarse grid so that many entries tie at the k-th value, its mask equals the
     plain top-k mask."""
-    from modcircuit.train.regimes.weight_sparse import kth_largest, top_k_keep, top_k_keep_torch
+    from modcircuit.train.regimes.weight_sparse import (_compiled_project as compiled, kth_largest, next_hint,
+                                                         top_k_keep, top_k_keep_torch)
 
     g = torch.Generator().manual_seed(0)
     a = torch.rand(5000, generator=g, dtype=dtype)
-    hint, tied_steps = None, 0
+    hint, c_hint, tied_steps = None, None, 0
     for step in range(80):
         scale = 1e-3 if step % 10 else 0.3  # every 10th step a big move, far outside the band
         a = (a + scale * torch.randn(5000, generator=g, dtype=dtype)).abs()
@@ -250,14 +252,24 @@ def test_weight_sparse_band_search_picks_the_same_entries_as_a_full_top_k(dtype,
         got, hint = top_k_keep(a.numpy(), k, hint)
         assert int(got.sum()) == k and torch.equal(torch.from_numpy(got), plain), step
         assert torch.equal(top_k_keep_torch(a, k), plain), step  # the path for tensors off the CPU
+        if compiled is not None:  # the compiled projection: the same threshold, count and (without ties) entries
+            w = (a * torch.where(torch.rand(5000, generator=g) < 0.5, -1.0, 1.0).to(dtype)).numpy().copy()
+            m = [np.ones(5000, dtype=w.dtype) for _ in range(2)]
+            c_thr, c_count = compiled(w, *m, np.empty(0, w.dtype), k, *(c_hint or (0.0, 0.0)), c_hint is not None)
+            assert c_thr == thr and c_count == count, step
+            if count == k:
+                assert torch.equal(torch.from_numpy(w != 0), plain) and all(np.array_equal(x != 0, w != 0) for x in m)
+            c_hint = next_hint(c_thr, c_hint)
         tied_steps += int((a == a[plain].min()).sum()) > 1
     assert (tied_steps == 80) if levels else (tied_steps == 0)  # the grid makes ties at the k-th value every step
 
 
-def test_weight_sparse_training_equals_a_plain_projection_step_for_step():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_weight_sparse_training_equals_a_plain_projection_step_for_step(compiled):
     """Training under the regime gives bit-identical weights and Adam moments to a plain loop that zeroes all
     but torch.topk's k entries of each |W| (and their moments) after every step, while k anneals; the weights
-    start on a coarse grid, so the first projections cut through ties."""
+    start on a coarse grid, so the first projections cut through ties. Both projections: compiled (numba)
+    and numpy."""
     task = mc.get_task("two-moons")
     models = []
     for _ in range(2):
@@ -271,6 +283,9 @@ def test_weight_sparse_training_equals_a_plain_projection_step_for_step():
     opts = [torch.optim.Adam(m.parameters(), lr=3e-2) for m in models]
     cfg = make_config(task.defaults, {"regime": "weight-sparse", "steps": 40, "density": 0.1, "anneal": 0.5})
     hooks = get_regime("weight-sparse")(fast, cfg, opts[0])
+    if compiled and not hooks.compiled:
+        pytest.skip("numba (extra `fast`) is not installed")
+    hooks.compiled = compiled
     for step in range(40):
         for model, opt in zip(models, opts):
             opt.zero_grad()

@@ -86,6 +86,10 @@ class _StageACDC:
             proj = [(W.view(H, dh, -1).transpose(1, 2).contiguous(), bias.view(H, 1, dh))
                     for W, bias in ((b.W_Q, b.b_Q), (b.W_K, b.b_K), (b.W_V, b.b_V))]
             self.W.append(proj + [b.W_O.view(-1, H, dh).permute(1, 2, 0).contiguous()])
+        # per layer, every head's q, k and v weights stacked [H * 3, d, dh] (row h * 3 + c) and biases [H * 3, 1, dh]:
+        # any set of (head, q/k/v) projections is then one batched product
+        self.Wall = [(torch.stack([W[c][0] for c in range(3)], 1).flatten(0, 1),
+                      torch.stack([W[c][1] for c in range(3)], 1).flatten(0, 1)) for W in self.W]
         self._masks: dict = {}
         self._live: dict = {}
         self._logp = self._p = None
@@ -273,25 +277,26 @@ class _StageACDC:
                 xk = xv = b.norm1(self._gather(dests, dl, K, slice(None)))
                 xq = xk[:, :, :, pos]
             return self._project(j, 0, heads, xq), self._project(j, 1, heads, xk), self._project(j, 2, heads, xv)
-        Wqkv = (b.W_Q, b.W_K, b.W_V)
-        bqkv = (b.b_Q, b.b_K, b.b_V)
-        dh = b.d_head
+        Wt, bias = self.Wall[j]
         out: list = [[None] * len(heads) for _ in range(3)]
         for need_all, p in ((True, slice(None)), (False, pos)):
             us = [u for u in range(len(reps)) if full[u] == need_all]
             if not us:
                 continue
             xn = b.norm1(self._gather([reps[u] for u in us], dl, K, p))  # [n_u, K, B, T', d]
-            for i, u in enumerate(us):
-                # every (head, q/k/v) reading input u: c in 0..2 (without split_qkv one receiver feeds all three)
-                readers = [(hi, c) for hi in range(len(heads)) for c in range(3) if which[hi * nq + c % nq] == u]
-                rows = [slice(heads[hi] * dh, (heads[hi] + 1) * dh) for hi, _ in readers]
-                W = torch.cat([Wqkv[c][r] for (_, c), r in zip(readers, rows)])
-                bias = torch.cat([bqkv[c][r] for (_, c), r in zip(readers, rows)])
-                y = F.linear(xn[i], W, bias)  # [K, B, T', n_readers * dh]
-                for r, (hi, c) in enumerate(readers):
-                    part = y[..., r * dh:(r + 1) * dh]
-                    out[c][hi] = part[:, :, pos] if c == 0 and need_all else part
+            # every (head, q/k/v) reading each input u (c in 0..2; without split_qkv one receiver feeds all three),
+            # projected in one batched product
+            slot = {u: i for i, u in enumerate(us)}
+            readers = [(slot[which[hi * nq + c % nq]], hi, c) for hi in range(len(heads)) for c in range(3)
+                       if which[hi * nq + c % nq] in slot]
+            src = [i for i, _, _ in readers]
+            w = torch.tensor([heads[hi] * 3 + c for _, hi, c in readers], device=xn.device)
+            x = xn.view(len(us), -1, xn.shape[-1])
+            if src != list(range(len(us))):
+                x = x[src]
+            y = torch.baddbmm(bias[w], x, Wt[w]).view(len(readers), *xn.shape[1:-1], -1)  # [n_r, K, B, T', dh]
+            for r, (_, hi, c) in enumerate(readers):
+                out[c][hi] = y[r][:, :, pos] if c == 0 and need_all else y[r]
         return tuple(torch.stack(parts) for parts in out)
 
     def _tail(self, j: int, dl: dict, K: int) -> torch.Tensor:
@@ -338,10 +343,6 @@ class _StageACDC:
             self.w_out = self.M[g.dest_out, srcs]
             self.w_out_mlp = float(self.M[g.dest_out, s])
             self._live = {}
-        if not hasattr(self, "_Wall") or self._Wall[0] != l:
-            Wt = torch.stack([self.W[l][c][0] for c in range(3)], 1).view(H * 3, *self.W[l][0][0].shape[1:])
-            bias = torch.stack([self.W[l][c][1] for c in range(3)], 1).view(H * 3, 1, -1)
-            self._Wall = (l, Wt, bias)
 
     def _attn_eval(self, R: torch.Tensor, K: int) -> torch.Tensor:
         g, l = self.g, self.layer
@@ -371,7 +372,7 @@ class _StageACDC:
             pe, ce = torch.nonzero(Rh.ne(0).any(-1), as_tuple=True)
             je = hp[pe] * nq + ce
             Rj = Rh[pe, ce]  # [n, s0]
-            _, Wt, bias = self._Wall
+            Wt, bias = self.Wall[l]
             if nq == 3:  # per component; the queries only at the positions read (the last one in the last layer)
                 for c in range(3):
                     sel = torch.nonzero(ce == c).flatten()

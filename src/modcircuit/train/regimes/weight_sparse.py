@@ -7,7 +7,9 @@ Biases stay dense. lam is unused (no penalty).
 
 Speed (benchmarks/bench_train.py): the projection runs every step over every matrix, so on CPU it works
 on numpy views of the tensors (same memory): numpy's select, compare and boolean-index kernels are
-10-20x faster than torch's at these sizes, and its per-call overhead is ~1 us against torch's ~5 us.
+10-20x faster than torch's at these sizes, and its per-call overhead is ~1 us against torch's ~5 us. With
+numba installed (extra `fast`) one compiled call per matrix does the whole projection
+(weight_sparse_kernel.py); the numpy path is the fallback and picks the same entries.
 """
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Regime, register_regime
+
+try:  # the compiled projection (extra `fast`)
+    from .weight_sparse_kernel import project as _compiled_project
+except ImportError:  # pragma: no cover - numba missing
+    _compiled_project = None
 
 
 class WeightSparseOptions(BaseModel):
@@ -57,8 +64,15 @@ def kth_largest(a: np.ndarray, k: int, hint: tuple[float, float] | None = None) 
     if thr is None:
         thr = np.partition(a, a.size - k)[a.size - k]
         count = int(np.count_nonzero(a >= thr))
-    width = max(2 * abs(float(thr) - hint[0]), 1e-9) if hint is not None else 1e-6
-    return thr, count, (float(thr), width)
+    return thr, count, next_hint(thr, hint)
+
+
+def next_hint(thr, hint: tuple[float, float] | None) -> tuple[float, float]:
+    """The band for the next step's search: twice this step's move of the threshold, but at least 0.1% of it
+    (a move far larger than the last one then still falls in the band after a widening or two)."""
+    if hint is None:
+        return float(thr), max(1e-3 * abs(float(thr)), 1e-6)
+    return float(thr), max(2 * abs(float(thr) - hint[0]), 1e-3 * abs(float(thr)), 1e-9)
 
 
 def top_k_keep(a: np.ndarray, k: int, hint: tuple[float, float] | None = None) -> tuple[np.ndarray, tuple]:
@@ -92,6 +106,7 @@ class WeightSparse(Regime):
         # the weight matrices, once: the trainer never replaces a parameter (swaps and this projection write in
         # place), and cost_terms() costs ~10 module attribute look-ups a step
         self._weights = [w for w, _, _ in model.cost_terms()]
+        self.compiled = _compiled_project is not None  # (tests switch it off to check the numpy path)
 
     def density_at(self, step: int) -> float:
         """Target density after optimizer step `step` (0-based): linear from 1 to density, then flat."""
@@ -107,7 +122,18 @@ class WeightSparse(Regime):
             k = kept(n, density)
             if k == n:
                 continue
-            if flat is not None:
+            if flat is not None and self.compiled and len(arrays) <= 4:
+                hint = self._hints.get(i)
+                moments = arrays[1:] + [np.empty(0, flat.dtype)] * (4 - len(arrays))  # absent moments: empty
+                thr, count = _compiled_project(flat, *moments, k, *(hint or (0.0, 0.0)), hint is not None)
+                self._hints[i] = next_hint(thr, hint)
+                if count == k:
+                    continue
+                keep, _ = top_k_keep(np.abs(flat), k, self._hints[i])  # ties at the k-th value: pick as numpy does
+                keep = keep.astype(flat.dtype)
+                for t in arrays:
+                    np.multiply(t, keep, out=t)
+            elif flat is not None:
                 keep, self._hints[i] = top_k_keep(np.abs(flat), k, self._hints.get(i))
                 keep = keep.astype(flat.dtype)  # one cast, then same-type products (half the time of bool ones)
                 for t in arrays:
