@@ -30,7 +30,7 @@ INCONTEXT_DEFAULTS = dict(
 # Nanda et al. 2023), at a higher lr (3e-3) so p=23 (2 blocks, d_model 32) generalizes within ~1,000-1,300
 # steps, then lr x0.3 from 60% and x0.1 from 80% of the steps: at a constant lr full-batch Adam keeps
 # spiking (test accuracy 1.0 -> 0.3 and back) and may end in a spike. 2,000 steps left one BIMT seed of 5
-# (seed 3) at test accuracy 0.934, still rising; 3,000 steps: 1.0 for BIMT on seeds 0-4 (111-149 CPU s each
+# (seed 3) at test accuracy 0.934, still rising; 3,000 steps: 1.0 for BIMT on seeds 0-4 (111-149 s wall each
 # beside a running study) (was 0.49-0.60 with Adam, no decay, 5,000).
 MODADD_TF_DEFAULTS = dict(
     steps=3000, lr=3e-3, batch_size=None, optimizer="adamw", weight_decay=1.0, betas=(0.9, 0.98),
