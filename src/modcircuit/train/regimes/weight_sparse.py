@@ -127,19 +127,16 @@ class WeightSparse(Regime):
             k = kept(n, density)
             if k == n:
                 continue
-            if flat is not None and self.compiled and n <= COMPILED_MAX and len(arrays) <= 4:
+            if flat is not None:
                 hint = self._hints.get(i)
-                moments = arrays[1:] + [np.empty(0, flat.dtype)] * (4 - len(arrays))  # absent moments: empty
-                thr, count = _compiled_project(flat, *moments, k, *(hint or (0.0, 0.0)), hint is not None)
-                self._hints[i] = next_hint(thr, hint)
-                if count == k:
-                    continue
-                keep, _ = top_k_keep(np.abs(flat), k, self._hints[i])  # ties at the k-th value: pick as numpy does
-                keep = keep.astype(flat.dtype)
-                for t in arrays:
-                    np.multiply(t, keep, out=t)
-            elif flat is not None:
-                keep, self._hints[i] = top_k_keep(np.abs(flat), k, self._hints.get(i))
+                if self.compiled and n <= COMPILED_MAX and len(arrays) <= 4:
+                    moments = arrays[1:] + [np.empty(0, flat.dtype)] * (4 - len(arrays))  # absent moments: empty
+                    thr, count = _compiled_project(flat, *moments, k, *(hint or (0.0, 0.0)), hint is not None)
+                    hint = self._hints[i] = next_hint(thr, hint)
+                    if count == k:
+                        continue
+                    # ties at the k-th value: nothing was written; pick exactly k below as the numpy path does
+                keep, self._hints[i] = top_k_keep(np.abs(flat), k, hint)
                 keep = keep.astype(flat.dtype)  # one cast, then same-type products (half the time of bool ones)
                 for t in arrays:
                     np.multiply(t, keep, out=t)
