@@ -39,7 +39,9 @@ def test_registry_lists_the_built_ins_and_the_rivals_in_order():
         get_regime("bimtx")
 
 
-@pytest.mark.parametrize("regime, options", [(r, {}) for r in REGIMES] + [("group-lasso", {"group_by": "outgoing"})])
+@pytest.mark.parametrize("regime, options", [(r, {}) for r in REGIMES] + [
+    ("group-lasso", {"group_by": "outgoing"}), ("group-lasso", {"group_norm": "rms"}),
+    ("group-lasso", {"group_by": "outgoing", "group_norm": "rms"})])
 @pytest.mark.parametrize("agg", ["sum", "mean"])
 @pytest.mark.parametrize("build", [_mlp, _transformer])
 def test_direct_penalty_gradient_equals_autograd(build, agg, regime, options):
@@ -64,6 +66,39 @@ def test_group_lasso_is_the_sum_of_neuron_norms():
     outgoing = sum(torch.linalg.norm(w[:, i]) for w in (w0, w1) for i in range(w.shape[1]))
     assert _hooks(model, "group-lasso").penalty(2.0).item() == pytest.approx(2 * incoming.item())
     assert _hooks(model, "group-lasso", group_by="outgoing").penalty(2.0).item() == pytest.approx(2 * outgoing.item())
+
+
+@pytest.mark.parametrize("group_by", ["incoming", "outgoing"])
+def test_group_lasso_rms_is_the_sum_of_neuron_rms_and_pulls_each_weight_like_l1(group_by):
+    model = _mlp()
+    ws = [lin.weight for lin in model.linears]
+    groups = [w[j] if group_by == "incoming" else w[:, j] for w in ws
+              for j in range(w.shape[0] if group_by == "incoming" else w.shape[1])]
+    rms = sum(torch.sqrt((g ** 2).mean()) for g in groups)
+    assert _hooks(model, "group-lasso", group_by=group_by, group_norm="rms").penalty(2.0).item() == \
+        pytest.approx(2 * rms.item())
+    # under agg "mean", a matrix whose entries all have one magnitude gets l1's per-weight pull, any fan-in
+    wide = MLP([784, 6, 3], "silu", [{"kind": "line"}] * 3).double()
+    with torch.no_grad():
+        for lin in wide.linears:
+            lin.weight.copy_(0.01 * torch.sign(torch.randn_like(lin.weight)))
+    pulls = {}
+    for regime, opts in (("l1", {}), ("group-lasso", {"group_by": group_by, "group_norm": "rms"}),
+                         ("group-lasso", {"group_by": group_by})):
+        for p in wide.parameters():
+            p.grad = torch.zeros_like(p)
+        _hooks(wide, regime, "mean", **opts).add_penalty_grad_(1.0, 0)
+        pulls[(regime, bool(opts.get("group_norm")))] = wide.linears[0].weight.grad.abs()
+    assert torch.allclose(pulls[("group-lasso", True)], pulls[("l1", False)], rtol=1e-12)
+    fan = 784 if group_by == "incoming" else 6
+    assert torch.allclose(pulls[("group-lasso", False)], pulls[("l1", False)] * fan ** 0.5, rtol=1e-12)
+
+
+def test_group_norm_at_its_default_leaves_configuration_keys_as_they_were():
+    assert make_config({}, {"regime": "group-lasso"}).model_dump()["regime_options"] == {"group_by": "incoming"}
+    rms = make_config({}, {"regime": "group-lasso", "group_norm": "rms"}).model_dump()["regime_options"]
+    assert rms == {"group_by": "incoming", "group_norm": "rms"}
+    assert "regime_options" not in make_config({}, {"regime": "l1", "group_norm": "rms"}).model_dump()
 
 
 def test_group_lasso_gradient_at_a_dead_neuron_is_zero():
@@ -149,6 +184,7 @@ def test_weight_sparse_density_anneals_linearly_over_the_first_half():
     ({"regime": "group-lasso", "lam": -1}, "invalid lam=-1: Input should be greater than or equal to 0"),
     ({"regime": "clusterability", "clusters": 1}, "invalid clusters=1: Input should be greater than or equal to 2"),
     ({"regime": "group-lasso", "group_by": "sideways"}, "invalid group_by='sideways'"),
+    ({"regime": "group-lasso", "group_norm": "max"}, "invalid group_norm='max': Input should be 'l2' or 'rms'"),
     ({"regime": "weight-sparse", "densty": 0.1}, "unknown hyperparameter 'densty'; allowed: .*density"),
 ])
 def test_bad_options_get_one_line_errors(overrides, message):

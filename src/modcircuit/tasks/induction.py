@@ -35,6 +35,9 @@ INDUCTION_DEFAULTS = dict(
     steps=1000, lr=3e-3, batch_size=128, lam=1e-4, lam_schedule=[[0.25, 10.0], [0.75, 1.0]],
     l0=0.5, weight_factor=2.0, agg="mean", top_k=8, swap_every=200,
 )
+# Without MLPs, weight-sparse (density 0.25) left one seed of 5 at 0.926 after 1,000 steps; at 1,500 every
+# regime and seed passes 0.95 (weight-sparse 0.979-0.990). Every regime of a task gets the same steps.
+ATTN_ONLY_DEFAULTS = {**INDUCTION_DEFAULTS, "steps": 1500}
 TRUTH_EXAMPLES = 512  # held-out sequences the detector scores heads on
 
 
@@ -138,7 +141,7 @@ def _options(seq_len, vocab, min_repeat) -> dict:
     return dict(seq_len=seq_len, vocab=vocab, min_repeat=min_repeat)
 
 
-def _build(name: str, attn_only: bool, seed, n_train, n_test, seq_len, vocab, min_repeat, n_layers, d_model,
+def _build(name: str, attn_only: bool, defaults: dict, seed, n_train, n_test, seq_len, vocab, min_repeat, n_layers, d_model,
            n_heads, d_head, d_mlp, act, layernorm) -> InductionTask:
     n_train, n_test = _posint("n_train", n_train), _posint("n_test", n_test)
     opts = _options(seq_len, vocab, min_repeat)
@@ -151,7 +154,7 @@ def _build(name: str, attn_only: bool, seed, n_train, n_test, seq_len, vocab, mi
     return InductionTask(
         name=name, kind="classification", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, widths=[V, V],
         loss="ce", activation=act, input_names=[str(t) for t in range(V)], output_names=[str(t) for t in range(V)],
-        defaults=dict(INDUCTION_DEFAULTS), seed=seed, arch=arch, options_resolved=opts,
+        defaults=dict(defaults), seed=seed, arch=arch, options_resolved=opts,
         description=f"next token on the repeated half of {opts['seq_len']} tokens (vocab {V}): induction",
     )
 
@@ -161,13 +164,13 @@ def _build(name: str, attn_only: bool, seed, n_train, n_test, seq_len, vocab, mi
 def induction(seed: int = 0, n_train: int = 4096, n_test: int = 512, seq_len: int = 24, vocab: int = 24,
               min_repeat: int = 4, n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=64, act="relu",
               layernorm=True) -> InductionTask:
-    return _build("induction", False, seed, n_train, n_test, seq_len, vocab, min_repeat, n_layers, d_model, n_heads,
+    return _build("induction", False, INDUCTION_DEFAULTS, seed, n_train, n_test, seq_len, vocab, min_repeat, n_layers, d_model, n_heads,
                   d_head, d_mlp, act, layernorm)
 
 
-@register_task("induction-attn-only", "as induction, with 2 attention-only blocks")
+@register_task("induction-attn-only", "as induction, with 2 attention-only blocks (1,500 steps)")
 def induction_attn_only(seed: int = 0, n_train: int = 4096, n_test: int = 512, seq_len: int = 24, vocab: int = 24,
                         min_repeat: int = 4, n_layers=2, d_model=32, n_heads=2, d_head=16, act="relu",
                         layernorm=True) -> InductionTask:
-    return _build("induction-attn-only", True, seed, n_train, n_test, seq_len, vocab, min_repeat, n_layers, d_model,
+    return _build("induction-attn-only", True, ATTN_ONLY_DEFAULTS, seed, n_train, n_test, seq_len, vocab, min_repeat, n_layers, d_model,
                   n_heads, d_head, 1, act, layernorm)

@@ -6,7 +6,7 @@
   bimt            lam * connection_cost     plus neuron swaps every swap_every steps (see swap.py)
   weight-sparse   top-k |W| per matrix after every step, k annealed to `density` (Gao et al. 2025)
   clusterability  - lam * C, C = share of W^2 inside spectral co-clusters (Golechha et al. 2024)
-  group-lasso     lam * sum over neurons of the L2 norm of their incoming (or outgoing) weights
+  group-lasso     lam * sum over neurons of the L2 norm (or RMS) of their incoming (or outgoing) weights
 """
 from __future__ import annotations
 
