@@ -304,14 +304,23 @@ class _StageACDC:
             slot = {u: i for i, u in enumerate(us)}
             readers = [(slot[which[hi * nq + c % nq]], hi, c) for hi in range(len(heads)) for c in range(3)
                        if which[hi * nq + c % nq] in slot]
-            src = [i for i, _, _ in readers]
-            w = torch.tensor([heads[hi] * 3 + c for _, hi, c in readers], device=xn.device)
+            # the first reader of each input (in input order) projects the inputs as they are; only the further
+            # readers of a shared input need a copy of it
+            first, extra, seen_u = [], [], set()
+            for r, (i, _, _) in enumerate(readers):
+                (extra if i in seen_u else first).append(r)
+                seen_u.add(i)
             x = xn.view(len(us), -1, xn.shape[-1])
-            if src != list(range(len(us))):
-                x = x[src]
-            y = torch.baddbmm(bias[w], x, Wt[w]).view(len(readers), *xn.shape[1:-1], -1)  # [n_r, K, B, T', dh]
-            for r, (_, hi, c) in enumerate(readers):
-                out[c][hi] = y[r][:, :, pos] if c == 0 and need_all else y[r]
+            for group, xs in ((first, x), (extra, None)):
+                if not group:
+                    continue
+                if xs is None:
+                    xs = x[[readers[r][0] for r in group]]
+                w = torch.tensor([heads[readers[r][1]] * 3 + readers[r][2] for r in group], device=xn.device)
+                y = torch.baddbmm(bias[w], xs, Wt[w]).view(len(group), *xn.shape[1:-1], -1)  # [n, K, B, T', dh]
+                for yi, r in enumerate(group):
+                    _, hi, c = readers[r]
+                    out[c][hi] = y[yi][:, :, pos] if c == 0 and need_all else y[yi]
         return tuple(torch.stack(parts) for parts in out)
 
     def _tail(self, j: int, dl: dict, K: int) -> torch.Tensor:
