@@ -21,10 +21,11 @@ from .transformer_patching import TransformerPatchContext, weighted_values
 
 @dataclass
 class Changes:
-    """A source's live - ablated value for a batch of candidates: base [1, B, T, d] for all of them, plus delta
-    [P, B, T, d] for candidates rows [P] (a candidate may appear more than once; its deltas add up)."""
+    """A source's live - ablated value for a batch of candidates: base [1, B, T, d] for all of them (None: it is
+    already in the receivers' current inputs, Ucur), plus delta [P, B, T, d] for candidates rows [P] (a candidate
+    may appear more than once; its deltas add up)."""
 
-    base: torch.Tensor
+    base: torch.Tensor | None
     rows: torch.Tensor
     delta: torch.Tensor
 
@@ -92,6 +93,7 @@ class _StageACDC:
                       torch.stack([W[c][1] for c in range(3)], 1).flatten(0, 1)) for W in self.W]
         self._masks: dict = {}
         self._live: dict = {}
+        self._dense_changes: dict = {}
         self._logp = self._p = None
 
     # ---- the stage's fixed quantities --------------------------------------------------------------
@@ -117,6 +119,11 @@ class _StageACDC:
         self.alive = (self.M != 0).any(0).tolist()  # a source with an outgoing edge (only later ones decided)
         self.Ds = self.D[:s0].contiguous()
         self._lastDU = None
+        # in an attention stage before the last layer, the later receivers read their inputs from Ucur: U plus
+        # the stage heads' current values, kept up to date as heads change (_refresh, _adopt), so candidates
+        # add only their changes
+        self.Ucur = None
+        self.use_cur = self.kind == "attn" and l < L - 1
         if self.kind == "attn":
             self.dirty, self.cur = set(range(H)), None
             self.cq, self.ck, self.cv, self.cres, self.cdl = [None] * H, [None] * H, [None] * H, [None] * H, [None] * H
@@ -203,13 +210,15 @@ class _StageACDC:
         values are summed once, only the per-candidate parts are summed per candidate."""
         idx = [k - self.k0 for k in dests]
         n = len(idx)
-        u = (self.U[idx] if n > 1 else self.U[idx[0]][None])[:, :, pos]  # [n, B, T', d]
+        U = self.Ucur if self.use_cur else self.U
+        u = (U[idx] if n > 1 else U[idx[0]][None])[:, :, pos]  # [n, B, T', d]
         Mw = self.M[dests]
-        shared, dense, changes = [], [], []
+        shared, dense = [], []
         for s, v in dl.items():
-            if isinstance(v, Changes):
-                shared.append((s, v.base))
-                changes.append((s, v))
+            if isinstance(v, Changes):  # the shared value, plus the changes as one more per-candidate source
+                if v.base is not None:
+                    shared.append((s, v.base))
+                dense.append((s, self._densified(s, v, K)))
             elif v.shape[0] == 1:
                 shared.append((s, v))
             else:
@@ -228,14 +237,20 @@ class _StageACDC:
             key = (tuple(srcs), pos.start, K)
             live = self._live.get(key)
             if live is None:  # the per-candidate sources stacked once per layer and position range
-                live = torch.stack([dl[s][:, :, pos] for s in srcs]).view(len(srcs), -1)
+                live = torch.stack([v[:, :, pos] for _, v in dense]).view(len(srcs), -1)
                 self._live = {key: live}
             x = torch.mm(Mw[:, srcs], live).view(n, K, *u.shape[1:]).add_(u[:, None])
-        for s, v in changes:
-            w = Mw[:, s]
-            if bool((w != 0).any()):
-                x.index_add_(1, v.rows, w.view(n, 1, 1, 1, 1) * v.delta[None, :, :, pos])
         return x
+
+    def _densified(self, s: int, v: Changes, K: int) -> torch.Tensor:
+        """A Changes' per-candidate part as [K, B, T, d] (zero for the candidates it does not change), made once
+        per evaluation: every later receiver then adds it in one matrix product with the other per-candidate
+        sources, instead of scattering weighted copies of the changes receiver by receiver."""
+        d = self._dense_changes.get(s)
+        if d is None:
+            d = v.delta.new_zeros(K, *v.delta.shape[1:]).index_add_(0, v.rows, v.delta)
+            self._dense_changes[s] = d
+        return d
 
     def _layer(self, j: int, dl: dict, K: int):
         """Recompute layer j (after the stage's) for K candidates: dl maps source -> live - ablated [K|1, B, T', d]."""
@@ -289,14 +304,23 @@ class _StageACDC:
             slot = {u: i for i, u in enumerate(us)}
             readers = [(slot[which[hi * nq + c % nq]], hi, c) for hi in range(len(heads)) for c in range(3)
                        if which[hi * nq + c % nq] in slot]
-            src = [i for i, _, _ in readers]
-            w = torch.tensor([heads[hi] * 3 + c for _, hi, c in readers], device=xn.device)
+            # the first reader of each input (in input order) projects the inputs as they are; only the further
+            # readers of a shared input need a copy of it
+            first, extra, seen_u = [], [], set()
+            for r, (i, _, _) in enumerate(readers):
+                (extra if i in seen_u else first).append(r)
+                seen_u.add(i)
             x = xn.view(len(us), -1, xn.shape[-1])
-            if src != list(range(len(us))):
-                x = x[src]
-            y = torch.baddbmm(bias[w], x, Wt[w]).view(len(readers), *xn.shape[1:-1], -1)  # [n_r, K, B, T', dh]
-            for r, (_, hi, c) in enumerate(readers):
-                out[c][hi] = y[r][:, :, pos] if c == 0 and need_all else y[r]
+            for group, xs in ((first, x), (extra, None)):
+                if not group:
+                    continue
+                if xs is None:
+                    xs = x[[readers[r][0] for r in group]]
+                w = torch.tensor([heads[readers[r][1]] * 3 + readers[r][2] for r in group], device=xn.device)
+                y = torch.baddbmm(bias[w], xs, Wt[w]).view(len(group), *xn.shape[1:-1], -1)  # [n, K, B, T', dh]
+                for yi, r in enumerate(group):
+                    _, hi, c = readers[r]
+                    out[c][hi] = y[yi][:, :, pos] if c == 0 and need_all else y[yi]
         return tuple(torch.stack(parts) for parts in out)
 
     def _tail(self, j: int, dl: dict, K: int) -> torch.Tensor:
@@ -327,6 +351,13 @@ class _StageACDC:
                 self.cq[h], self.ck[h], self.cv[h] = q[i, 0], k[i, 0], v[i, 0]
                 self.cres[h] = res[i, 0]
                 self.cdl[h] = self.cres[h][None] - self.a[g.src_head(l, h)][:, pos]
+        if self.use_cur and (hs or self.Ucur is None):
+            srcs = [g.src_head(l, h) for h in range(H) if self.alive[g.src_head(l, h)]]
+            heads = [h for h in range(H) if self.alive[g.src_head(l, h)]]
+            self.Ucur = self.U.clone()
+            if heads:
+                cdl = torch.cat([self.cdl[h] for h in heads]).view(len(heads), -1)
+                self.Ucur.view(len(self.Ucur), -1).addmm_(self.M[self.k0:, srcs], cdl)
         self.dirty.clear()
         self._live = {}
         self.cur = [torch.stack(t) for t in (self.cq, self.ck, self.cv, self.cres)]
@@ -401,16 +432,13 @@ class _StageACDC:
                 hp, dres = hp[inv], dres[inv]
         if last:
             return self._last_tail(K, ip, hp, dres if P else None)
-        dl: dict = {}
+        dl: dict = {}  # the heads' current values are in Ucur: only their changes are added
         for h in range(H):
             s = g.src_head(l, h)
-            if not self.alive[s]:
-                continue
-            dl[s] = self.cdl[h]
-            if P:
+            if P and self.alive[s]:
                 sel = torch.nonzero(hp == h).flatten()
                 if len(sel):
-                    dl[s] = Changes(self.cdl[h], ip[sel], dres[sel])
+                    dl[s] = Changes(None, ip[sel], dres[sel])
         s = g.src_mlp(l)
         if self.alive[s]:
             x = self._gather([g.dest_mlp(l)], dl, K, pos)[0]
@@ -455,6 +483,9 @@ class _StageACDC:
             self.cur[3][h] += dres[p]
             self.cres[h] = self.cur[3][h]
             self.cdl[h] = self.cres[h][None] - self.a[g.src_head(l, h)][:, pos]
+            if self.use_cur:  # the head's value changed by dres along its edges into later receivers
+                w = self.M[self.k0:, g.src_head(l, h)]
+                self.Ucur.view(len(w), -1).addmm_(w[:, None], dres[p].reshape(1, -1))
         if tail is not None:
             x_out, x_mlp, dm = tail
             self.cx_out = x_out[i:i + 1]
@@ -475,7 +506,7 @@ class _StageACDC:
         K = R.shape[0]
         self.passes += 1
         self.candidates += K
-        self._live = {}
+        self._live, self._dense_changes = {}, {}
         self.chunk = self.chunk_tail = None
         if self.kind == "out":
             x = self._removed(R, 0, None, self.lp)
