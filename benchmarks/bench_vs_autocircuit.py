@@ -23,8 +23,9 @@ ours including its whole setup (clean and corrupted source outputs; in float32 t
 view sharing its storage, in float64 a converted copy made on the first call is shared by later ones while
 the model is unchanged, as auto-circuit's patchable model is built once, outside its timings). Ours: `method="acdc"` at the same threshold, KL to the model
 at the last position, in auto-circuit's edge order (receivers sorted by layer only, edges within a layer in
-its set order; our fast ACDC accepts any such order); Jaccard compares the two circuits' edge sets, and
-each edge on which they differ is printed with our score.
+its set order; our fast ACDC accepts any such order); Jaccard compares the two circuits' edge sets; where they
+differ, the first differing edge in ACDC's order (the decision that split them; the rest follow) is printed with
+our score, and ours is run again in float64 on the same order to say whose float32 round-off flipped it.
 EAP (medians of 10 x --repeats runs, the two sides alternating): auto-circuit's
 `mask_gradient_prune_scores(grad_function="logit", answer_function="avg_diff", mask_val=0)` with
 answer = the model's top class and wrong answers = all other classes; ours `method="eap",
@@ -192,9 +193,22 @@ def acdc_table(label, model, clean, corrupt, thresholds, repeats, dtype, header)
         print(f"| {label} | {thr:g} | {n} | {len(ac_kept)} / {c.n_kept} | {100 * len(ac_kept) / n:.1f} | "
               f"{spread(t_ours)} | {spread(t_ac)} | {ratio:.1f}x | {jaccard(ac_kept, c.edge_set()):.3f} |",
               flush=True)
-        for src, dst in sorted(ac_kept ^ c.edge_set()):
-            k, s = ours_index[(src, dst)]
-            print(f"    differs: {src} -> {dst}: our score {float(c.scores[0][k, s]):.6g} vs threshold {thr:g}")
+        if ac_kept == c.edge_set():
+            continue
+        # ACDC is sequential: the first edge of the order on which the two decide differently is the cause (a score
+        # within round-off of the threshold), the later differences its consequences. Ours again in float64, same
+        # order, says whose float32 round-off flipped it.
+        inv = {v: k for k, v in ours_index.items()}
+        first = next(inv[ks] for ks in ac_order if (inv[ks] in ac_kept) != (inv[ks] in c.edge_set()))
+        k, s = ours_index[first]
+        print(f"    {len(ac_kept ^ c.edge_set())} edges differ; the first in ACDC's order: {first[0]} -> {first[1]}, "
+              f"our score {float(c.scores[0][k, s]):.6g} vs threshold {thr:g}")
+        if dtype != torch.float64:
+            c64 = discover_transformer(model, clean, corrupt, method="acdc", threshold=thr, metric="kl",
+                                       split_qkv=True, order=ac_order, dtype=torch.float64)
+            print(f"    float64 check (ours, same order): Jaccard with our float32 circuit "
+                  f"{jaccard(c64.edge_set(), c.edge_set()):.3f}, with auto-circuit's {jaccard(c64.edge_set(), ac_kept):.3f}; "
+                  f"float64 score of that edge {float(c64.scores[0][k, s]):.6g}")
 
 
 def main():

@@ -32,7 +32,8 @@ class Changes:
 
 # a speculative chain is evaluated lazily in chunks whose size maximises the expected number of useful
 # candidates (those up to and including the first wrong guess) per unit of work, a pass costing PASS_COST
-# candidates besides its candidates; the chance of a wrong guess is estimated per stage, apart for measured
+# candidates besides its candidates (in the last layer, where a candidate is computed at the read positions only,
+# PASS_COST times T / positions read); the chance of a wrong guess is estimated per stage, apart for measured
 # guesses and unmeasured ones (from the prior counts below until the stage has its own)
 PASS_COST = 2.0
 PRIOR = {True: (1.0, 16.0), False: (1.0, 4.0)}  # (wrong, checked) for measured / unmeasured guesses
@@ -114,6 +115,9 @@ class _StageACDC:
             self.recv = [g.dest_attn(l, h, c) for h in range(H) for c in range(nq)]
             self.s0 = g.n_src_before(l)
         self.k0 = self.recv[0]  # receivers from k0 on are the stage's and the later (fixed) ones
+        T = self.D.shape[2]
+        self.pass_cost = PASS_COST * (T / len(range(T)[self.lp]) if l == L - 1 else 1.0)
+        self._readers: dict = {}  # per tail layer: which receivers share an input (their edges are fixed in a stage)
         s0 = self.s0
         self.U = self.base[self.k0:] + torch.einsum("ks,sbtd->kbtd", self.M[self.k0:, :s0], self.D[:s0])
         self.alive = (self.M != 0).any(0).tolist()  # a source with an outgoing edge (only later ones decided)
@@ -275,16 +279,11 @@ class _StageACDC:
         of a layer's receivers."""
         g, b, nq = self.g, self.m.blocks[j], self.g.nq
         dests = [g.dest_attn(j, h, c) for h in heads for c in range(nq)]
-        which, reps, full = [], [], []  # per receiver its distinct input; per distinct input a receiver, all T?
-        seen: dict = {}
-        for i, row in enumerate(self.M[dests].tolist()):
-            u = seen.setdefault(tuple(row), len(reps))
-            if u == len(reps):
-                reps.append(dests[i])
-                full.append(False)
-            which.append(u)
-            full[u] = full[u] or i % nq != 0 or nq == 1  # keys and values read every position
-        if len(reps) == len(dests):  # all distinct: per component, the queries at pos only
+        key = (j, tuple(heads))
+        if key not in self._readers:
+            self._readers[key] = self._shared_inputs(dests)
+        which, reps, full = self._readers[key]
+        if len(reps) == len(dests) and pos != slice(None):  # all distinct: per component, the queries at pos only
             if nq == 3:
                 xq, xk, xv = (b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], dl, K, p))
                               for c, p in ((0, pos), (1, slice(None)), (2, slice(None))))
@@ -294,8 +293,11 @@ class _StageACDC:
             return self._project(j, 0, heads, xq), self._project(j, 1, heads, xk), self._project(j, 2, heads, xv)
         Wt, bias = self.Wall[j]
         out: list = [[None] * len(heads) for _ in range(3)]
-        for need_all, p in ((True, slice(None)), (False, pos)):
-            us = [u for u in range(len(reps)) if full[u] == need_all]
+        # inputs read at every position (keys, values), then those read at pos only (queries); before the last
+        # layer pos is every position too, so all inputs go in one group
+        groups = [(None, slice(None))] if pos == slice(None) else [(True, slice(None)), (False, pos)]
+        for need_all, p in groups:
+            us = [u for u in range(len(reps)) if need_all is None or full[u] == need_all]
             if not us:
                 continue
             xn = b.norm1(self._gather([reps[u] for u in us], dl, K, p))  # [n_u, K, B, T', d]
@@ -322,6 +324,21 @@ class _StageACDC:
                     _, hi, c = readers[r]
                     out[c][hi] = y[yi][:, :, pos] if c == 0 and need_all else y[yi]
         return tuple(torch.stack(parts) for parts in out)
+
+    def _shared_inputs(self, dests: list[int]):
+        """Per receiver the index of its distinct input (receivers with the same incoming edges share one), per
+        distinct input one receiver reading it and whether it is needed at every position (keys and values)."""
+        nq = self.g.nq
+        which, reps, full = [], [], []
+        seen: dict = {}
+        for i, row in enumerate(self.M[dests].tolist()):
+            u = seen.setdefault(tuple(row), len(reps))
+            if u == len(reps):
+                reps.append(dests[i])
+                full.append(False)
+            which.append(u)
+            full[u] = full[u] or i % nq != 0 or nq == 1
+        return which, reps, full
 
     def _tail(self, j: int, dl: dict, K: int) -> torch.Tensor:
         """From layer j on (the sources before it in dl) to the metric [K]."""
@@ -620,7 +637,7 @@ class _StageACDC:
         for k in range(1, min(self.cap, len(known)) + 1):
             useful += alive
             alive *= 1.0 - q[known[k - 1]]
-            v = useful / (PASS_COST + k)
+            v = useful / (self.pass_cost + k)
             if v > best:
                 best, best_k = v, k
             if alive < 1e-3:
