@@ -34,6 +34,12 @@ def test_compare_and_holm():
     assert compare(hi, lo, "less")["p_welch"] > 0.99
     assert compare([1.0], [2.0, 3.0], "less")["p_welch"] is None
     assert compare([1.0, 1.0], [1.0, 1.0], "less")["p_welch"] == 1.0
+    # round-off: 1e-15-sized gaps that differ consistently are significant without a resolution, equal with one
+    tiny_a, tiny_b = [1.45e-15, 1.46e-15, 1.44e-15], [1.67e-15, 1.68e-15, 1.69e-15]
+    assert compare(tiny_a, tiny_b, "less")["p_welch"] < 0.01
+    at_res = compare(tiny_a, tiny_b, "less", resolution=1e-9)
+    assert at_res["p_welch"] == 1.0 and at_res["p_welch_reverse"] == 1.0
+    assert compare([0.1, 0.11, 0.12], [0.2, 0.21, 0.22], "less", resolution=1e-9)["p_welch"] < 0.01
     assert compare([1.0, 1.0], [2.0, 2.0], "less")["p_welch"] == 0.0
     assert holm([0.01, 0.04, None, 0.03]) == pytest.approx([0.03, 0.06, None, 0.06], nan_ok=True) or \
         holm([0.01, 0.04, None, 0.03])[2] is None

@@ -28,6 +28,9 @@ CLAIMS = [
      "greater", False),
     ("clusterable", "BIMT models are more clusterable (higher C)", "compute", "clusterability", "greater", False),
 ]
+# values below this are round-off, not a difference: a circuit that keeps every edge that matters has a logit gap
+# of 1e-15 or so (float64), and two regimes' 1e-15s must not make a significant claim
+RESOLUTION = {"logit_gap": 1e-9}
 
 
 def tested_claims(tasks, compute, circuits) -> list[dict]:
@@ -64,7 +67,7 @@ def tested_claims(tasks, compute, circuits) -> list[dict]:
                             b = group_values(df, base, col)
                             if regime_of[base] == TARGET or not b:
                                 continue
-                            res = compare(a, b, direction)
+                            res = compare(a, b, direction, RESOLUTION.get(col, 0.0))
                             rows.append({"claim": cid, "statement": statement, "task": task, "method": m,
                                          "selection": sel, "config": config, "baseline": base, "metric": col,
                                          "direction": direction, **res})

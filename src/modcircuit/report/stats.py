@@ -26,13 +26,16 @@ def mean_ci(values, level: float = 0.95) -> dict:
     return {"mean": m, "half": half, "lo": m - half, "hi": m + half, "n": n, "sd": sd}
 
 
-def compare(a, b, alternative: str) -> dict:
+def compare(a, b, alternative: str, resolution: float = 0.0) -> dict:
     """Is a `alternative` ("less" | "greater") than b? One-sided Welch t-test and Mann-Whitney U.
 
-    Returns p_welch, p_mwu, p_welch_reverse (the opposite direction), mean_a, mean_b, ratio, n_a, n_b.
-    p values are None when a test is undefined (fewer than two values per group, or no variance
-    at all with equal means)."""
+    Values smaller in size than `resolution` are taken as exactly 0 (round-off: two groups of such values are
+    equal, not significantly different). Returns p_welch, p_mwu, p_welch_reverse (the opposite direction),
+    mean_a, mean_b, ratio, n_a, n_b. p values are None when a test is undefined (fewer than two values per
+    group, or no variance at all with equal means)."""
     a, b = clean(a), clean(b)
+    if resolution > 0:
+        a, b = (np.where(np.abs(v) < resolution, 0.0, v) for v in (a, b))
     out = {"n_a": int(a.size), "n_b": int(b.size), "mean_a": float(a.mean()) if a.size else None,
            "mean_b": float(b.mean()) if b.size else None, "p_welch": None, "p_welch_reverse": None, "p_mwu": None}
     if out["mean_a"] is not None and out["mean_b"] not in (None, 0.0):
