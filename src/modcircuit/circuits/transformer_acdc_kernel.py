@@ -337,7 +337,7 @@ class _StageACDC:
                 reps.append(dests[i])
                 full.append(False)
             which.append(u)
-            full[u] = full[u] or i % nq != 0 or nq == 1
+            full[u] = full[u] or i % nq != 0 or nq == 1  # keys and values read every position
         return which, reps, full
 
     def _tail(self, j: int, dl: dict, K: int) -> torch.Tensor:
@@ -369,11 +369,11 @@ class _StageACDC:
                 self.cres[h] = res[i, 0]
                 self.cdl[h] = self.cres[h][None] - self.a[g.src_head(l, h)][:, pos]
         if self.use_cur and (hs or self.Ucur is None):
-            srcs = [g.src_head(l, h) for h in range(H) if self.alive[g.src_head(l, h)]]
             heads = [h for h in range(H) if self.alive[g.src_head(l, h)]]
             self.Ucur = self.U.clone()
             if heads:
                 cdl = torch.cat([self.cdl[h] for h in heads]).view(len(heads), -1)
+                srcs = [g.src_head(l, h) for h in heads]
                 self.Ucur.view(len(self.Ucur), -1).addmm_(self.M[self.k0:, srcs], cdl)
         self.dirty.clear()
         self._live = {}
