@@ -9,8 +9,6 @@ result equals the per-edge reference (acdc-plain) exactly; only the amount of wo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
@@ -19,15 +17,35 @@ from .methods import MethodResult
 from .transformer_patching import TransformerPatchContext, weighted_values
 
 
-@dataclass
-class Changes:
-    """A source's live - ablated value for a batch of candidates: base [1, B, T, d] for all of them (None: it is
-    already in the receivers' current inputs, Ucur), plus delta [P, B, T, d] for candidates rows [P] (a candidate
-    may appear more than once; its deltas add up)."""
+class CandidateSources:
+    """The live - ablated values [K, B, T, d] of the sources recomputed per candidate in one evaluation, side by
+    side in one buffer, slot by slot in the order they are computed: a later receiver's input is then one matrix
+    product over the slots written so far, and nothing is stacked. The buffer is kept between evaluations (fresh
+    memory every pass costs page faults) and grows when a pass needs more."""
 
-    base: torch.Tensor | None
-    rows: torch.Tensor
-    delta: torch.Tensor
+    def __init__(self):
+        self.mem = torch.empty(0)
+        self.srcs: list[int] = []
+        self.buf = None
+
+    def reset(self, n_max: int, K: int, shape: tuple, like: torch.Tensor):
+        """Room for n_max sources of K candidates, values of shape [B, T, d]."""
+        need = n_max * K * math.prod(shape)
+        if self.mem.numel() < need or self.mem.dtype != like.dtype or self.mem.device != like.device:
+            self.mem = like.new_empty(need)
+        self.buf = self.mem[:need].view(n_max, K, *shape)
+        self.srcs = []
+
+    def new(self, s: int, pos: slice = slice(None)) -> torch.Tensor:
+        """The slot [K, B, T', d] to write source s's values into (at positions pos: the last layer's)."""
+        self.srcs.append(s)
+        return self.buf[len(self.srcs) - 1][:, :, pos]
+
+    def matrix(self, pos: slice) -> torch.Tensor:
+        """The values written so far at positions pos, one row per source [n, K * B * T' * d]."""
+        n = len(self.srcs)
+        v = self.buf[:n]
+        return v.view(n, -1) if pos == slice(None) else v[:, :, :, pos].reshape(n, -1)
 
 
 # a speculative chain is evaluated lazily in chunks whose size maximises the expected number of useful
@@ -55,7 +73,7 @@ class _StageACDC:
         evaluation), and the last layer works at the last position only (the output reads only there;
         keys and values still see every position);
       * later receivers sum the values shared by all candidates once and only the per-candidate changes
-        per candidate (see Changes); receivers with the same incoming edges share one normalised input;
+        per candidate (see CandidateSources); receivers with the same incoming edges share one normalised input;
       * sources whose outgoing edges are all removed are skipped (they add exactly nothing), and an edge
         into such a dead receiver, or from a source equal to its ablated value, scores exactly 0;
       * ACDC's sequential rule is kept exactly by speculation: a batch evaluates a chain of candidates, each
@@ -93,8 +111,7 @@ class _StageACDC:
         self.Wall = [(torch.stack([W[c][0] for c in range(3)], 1).flatten(0, 1),
                       torch.stack([W[c][1] for c in range(3)], 1).flatten(0, 1)) for W in self.W]
         self._masks: dict = {}
-        self._live: dict = {}
-        self._dense_changes: dict = {}
+        self.pc = CandidateSources()
         self._logp = self._p = None
 
     # ---- the stage's fixed quantities --------------------------------------------------------------
@@ -209,55 +226,22 @@ class _StageACDC:
     def _gather(self, dests: list[int], dl: dict, K: int, pos: slice) -> torch.Tensor:
         """Inputs [n, K, B, T', d] of later receivers: U_k + sum over live sources M[k, s] (live_s - a_s).
 
-        dl maps a source to live - ablated: one value for every candidate ([1, B, T, d]), one per candidate
-        ([K, B, T, d]) or a Changes (one value plus per-candidate changes of a few candidates). The shared
-        values are summed once, only the per-candidate parts are summed per candidate."""
+        dl maps a source to its live - ablated value for every candidate ([1, B, T, d]); the sources recomputed
+        per candidate are in self.pc. The shared values are summed once, the per-candidate ones per candidate."""
         idx = [k - self.k0 for k in dests]
         n = len(idx)
         U = self.Ucur if self.use_cur else self.U
         u = (U[idx] if n > 1 else U[idx[0]][None])[:, :, pos]  # [n, B, T', d]
         Mw = self.M[dests]
-        shared, dense = [], []
-        for s, v in dl.items():
-            if isinstance(v, Changes):  # the shared value, plus the changes as one more per-candidate source
-                if v.base is not None:
-                    shared.append((s, v.base))
-                dense.append((s, self._densified(s, v, K)))
-            elif v.shape[0] == 1:
-                shared.append((s, v))
-            else:
-                dense.append((s, v))
-        if shared:
-            srcs = [s for s, _ in shared]
-            live = torch.stack([v[0, :, pos] for _, v in shared]).view(len(srcs), -1)
-            u = torch.addmm(u.reshape(n, -1), Mw[:, srcs], live).view_as(u)
-        if not dense:
-            x = u[:, None].expand(-1, K, -1, -1, -1).contiguous()
-        elif len(dense) == 1:
-            s, v = dense[0]
-            x = torch.addcmul(u[:, None], Mw[:, s].view(n, 1, 1, 1, 1), v[None, :, :, pos])
-        else:
-            srcs = [s for s, _ in dense]
-            key = (tuple(srcs), pos.start, K)
-            live = self._live.get(key)
-            if live is None:  # the per-candidate sources stacked once per layer and position range
-                live = torch.stack([v[:, :, pos] for _, v in dense]).view(len(srcs), -1)
-                self._live = {key: live}
-            x = torch.mm(Mw[:, srcs], live).view(n, K, *u.shape[1:]).add_(u[:, None])
-        return x
-
-    def _densified(self, s: int, v: Changes, K: int) -> torch.Tensor:
-        """A Changes' per-candidate part as [K, B, T, d] (zero for the candidates it does not change), made once
-        per evaluation: every later receiver then adds it in one matrix product with the other per-candidate
-        sources, instead of scattering weighted copies of the changes receiver by receiver."""
-        d = self._dense_changes.get(s)
-        if d is None:
-            d = v.delta.new_zeros(K, *v.delta.shape[1:]).index_add_(0, v.rows, v.delta)
-            self._dense_changes[s] = d
-        return d
+        if dl:
+            live = torch.stack([v[0, :, pos] for v in dl.values()]).view(len(dl), -1)
+            u = torch.addmm(u.reshape(n, -1), Mw[:, list(dl)], live).view_as(u)
+        if not self.pc.srcs:
+            return u[:, None].expand(-1, K, -1, -1, -1).contiguous()
+        return torch.mm(Mw[:, self.pc.srcs], self.pc.matrix(pos)).view(n, K, *u.shape[1:]).add_(u[:, None])
 
     def _layer(self, j: int, dl: dict, K: int):
-        """Recompute layer j (after the stage's) for K candidates: dl maps source -> live - ablated [K|1, B, T', d]."""
+        """Recompute layer j (after the stage's) for K candidates (its sources' values go to self.pc)."""
         g, b = self.g, self.m.blocks[j]
         pos = self.lp if j == g.n_layers - 1 else slice(None)
         heads = [h for h in range(g.n_heads) if self.alive[g.src_head(j, h)]]
@@ -265,11 +249,11 @@ class _StageACDC:
             res = self._attend(j, heads, *self._attn_qkv(j, heads, dl, K, pos))  # [Hc, K, B, Tq, d]
             for i, h in enumerate(heads):
                 s = g.src_head(j, h)
-                dl[s] = res[i] - self.a[s][:, pos]
+                torch.sub(res[i], self.a[s][:, pos], out=self.pc.new(s, pos))
         s = g.src_mlp(j)
         if self.alive[s]:
             x = self._gather([g.dest_mlp(j)], dl, K, pos)[0]
-            dl[s] = self._mlp(b, x) - self.a[s][:, pos]
+            torch.sub(self._mlp(b, x), self.a[s][:, pos], out=self.pc.new(s, pos))
 
     def _attn_qkv(self, j: int, heads: list[int], dl: dict, K: int, pos: slice):
         """q, k, v projections [len(heads), K, B, T', dh] of layer j's heads (queries at positions pos).
@@ -376,7 +360,6 @@ class _StageACDC:
                 srcs = [g.src_head(l, h) for h in heads]
                 self.Ucur.view(len(self.Ucur), -1).addmm_(self.M[self.k0:, srcs], cdl)
         self.dirty.clear()
-        self._live = {}
         self.cur = [torch.stack(t) for t in (self.cq, self.ck, self.cv, self.cres)]
         if last:  # x_mlp, mlp - a and x_out of the current circuit at the last position
             dl = {g.src_head(l, h): self.cdl[h] for h in range(H) if self.alive[g.src_head(l, h)]}
@@ -390,8 +373,7 @@ class _StageACDC:
             self.w_mlp = self.M[g.dest_mlp(l), srcs]  # [H]: weights of the heads' edges into the MLP and output
             self.w_out = self.M[g.dest_out, srcs]
             self.w_out_mlp = float(self.M[g.dest_out, s])
-            self._live = {}
-
+    
     def _attn_eval(self, R: torch.Tensor, K: int) -> torch.Tensor:
         g, l = self.g, self.layer
         b = self.m.blocks[l]
@@ -449,17 +431,19 @@ class _StageACDC:
                 hp, dres = hp[inv], dres[inv]
         if last:
             return self._last_tail(K, ip, hp, dres if P else None)
-        dl: dict = {}  # the heads' current values are in Ucur: only their changes are added
+        # the heads' current values are in Ucur: only their changes are added, as per-candidate sources (zero
+        # for the candidates that do not change the head; a candidate's changes of one head add up)
         for h in range(H):
             s = g.src_head(l, h)
             if P and self.alive[s]:
                 sel = torch.nonzero(hp == h).flatten()
                 if len(sel):
-                    dl[s] = Changes(None, ip[sel], dres[sel])
+                    self.pc.new(s).zero_().index_add_(0, ip[sel], dres[sel])
+        dl: dict = {}
         s = g.src_mlp(l)
         if self.alive[s]:
             x = self._gather([g.dest_mlp(l)], dl, K, pos)[0]
-            dl[s] = self._mlp(b, x) - self.a[s][:, pos]
+            torch.sub(self._mlp(b, x), self.a[s][:, pos], out=self.pc.new(s, pos))
         return self._tail(l + 1, dl, K)
 
     def _last_DU(self):
@@ -523,17 +507,18 @@ class _StageACDC:
         K = R.shape[0]
         self.passes += 1
         self.candidates += K
-        self._live, self._dense_changes = {}, {}
         self.chunk = self.chunk_tail = None
         if self.kind == "out":
             x = self._removed(R, 0, None, self.lp)
             return self._metric_out(x)
+        # room for every source from the stage's layer on (the most a pass can recompute per candidate)
+        self.pc.reset(g.n_src - g.n_src_before(l), K, tuple(self.D.shape[1:]), self.D)
         pos = self.lp if l == g.n_layers - 1 else slice(None)
         b = self.m.blocks[l]
         dl: dict = {}
         if self.kind == "mlp":
             s = g.src_mlp(l)
-            dl[s] = self._mlp(b, self._removed(R, 0, None, pos)) - self.a[s][:, pos]
+            torch.sub(self._mlp(b, self._removed(R, 0, None, pos)), self.a[s][:, pos], out=self.pc.new(s, pos))
             return self._tail(l + 1, dl, K)
         return self._attn_eval(R, K)
 
