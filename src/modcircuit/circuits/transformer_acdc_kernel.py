@@ -266,7 +266,7 @@ class _StageACDC:
         key = (j, tuple(heads))
         if key not in self._readers:
             self._readers[key] = self._shared_inputs(dests)
-        which, reps, full = self._readers[key]
+        which, reps, full = self._readers[key][:3]
         if len(reps) == len(dests) and pos != slice(None):  # all distinct: per component, the queries at pos only
             if nq == 3:
                 xq, xk, xv = (b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], dl, K, p))
@@ -275,8 +275,13 @@ class _StageACDC:
                 xk = xv = b.norm1(self._gather(dests, dl, K, slice(None)))
                 xq = xk[:, :, :, pos]
             return self._project(j, 0, heads, xq), self._project(j, 1, heads, xk), self._project(j, 2, heads, xv)
-        Wt, bias = self.Wall[j]
-        out: list = [[None] * len(heads) for _ in range(3)]
+        B, T, d = self.D.shape[1:]
+        Tq = len(range(T)[pos])
+        dh = self.W[j][0][0].shape[-1]
+        q = self.D.new_empty(len(heads), K, B, Tq, dh)
+        k, v = self.D.new_empty(len(heads), K, B, T, dh), self.D.new_empty(len(heads), K, B, T, dh)
+        out = (q, k, v)
+        proj = self._readers[key][3] if len(self._readers[key]) > 3 else self._projections(j, heads, key)
         # inputs read at every position (keys, values), then those read at pos only (queries); before the last
         # layer pos is every position too, so all inputs go in one group
         groups = [(None, slice(None))] if pos == slice(None) else [(True, slice(None)), (False, pos)]
@@ -285,29 +290,28 @@ class _StageACDC:
             if not us:
                 continue
             xn = b.norm1(self._gather([reps[u] for u in us], dl, K, p))  # [n_u, K, B, T', d]
-            # every (head, q/k/v) reading each input u (c in 0..2; without split_qkv one receiver feeds all three),
-            # projected in one batched product
-            slot = {u: i for i, u in enumerate(us)}
-            readers = [(slot[which[hi * nq + c % nq]], hi, c) for hi in range(len(heads)) for c in range(3)
-                       if which[hi * nq + c % nq] in slot]
-            # the first reader of each input (in input order) projects the inputs as they are; only the further
-            # readers of a shared input need a copy of it
-            first, extra, seen_u = [], [], set()
-            for r, (i, _, _) in enumerate(readers):
-                (extra if i in seen_u else first).append(r)
-                seen_u.add(i)
-            x = xn.view(len(us), -1, xn.shape[-1])
-            for group, xs in ((first, x), (extra, None)):
-                if not group:
-                    continue
-                if xs is None:
-                    xs = x[[readers[r][0] for r in group]]
-                w = torch.tensor([heads[readers[r][1]] * 3 + readers[r][2] for r in group], device=xn.device)
-                y = torch.baddbmm(bias[w], xs, Wt[w]).view(len(group), *xn.shape[1:-1], -1)  # [n, K, B, T', dh]
-                for yi, r in enumerate(group):
-                    _, hi, c = readers[r]
-                    out[c][hi] = y[yi][:, :, pos] if c == 0 and need_all else y[yi]
-        return tuple(torch.stack(parts) for parts in out)
+            for i, u in enumerate(us):
+                # every (head, q/k/v) reading input u in one product with their weights side by side
+                rd, Wc, bc = proj[u]
+                y = torch.addmm(bc, xn[i].view(-1, d), Wc).view(*xn.shape[1:-1], len(rd), dh)
+                for r, (hi, c) in enumerate(rd):
+                    yr = y[..., r, :]
+                    out[c][hi].copy_(yr[:, :, pos] if c == 0 and need_all else yr)
+        return out
+
+    def _projections(self, j: int, heads: list[int], key) -> list:
+        """Per distinct input of layer j's receivers (see _shared_inputs): its readers (head index, q/k/v) and
+        their weights side by side [d, r * dh] and biases [r * dh], once per stage."""
+        which, reps, full = self._readers[key]
+        nq = self.g.nq
+        Wt, bias = self.Wall[j]
+        proj = []
+        for u in range(len(reps)):
+            rd = [(hi, c) for hi in range(len(heads)) for c in range(3) if which[hi * nq + c % nq] == u]
+            w = [heads[hi] * 3 + c for hi, c in rd]
+            proj.append((rd, Wt[w].permute(1, 0, 2).reshape(Wt.shape[1], -1), bias[w].reshape(-1)))
+        self._readers[key] = (which, reps, full, proj)
+        return proj
 
     def _shared_inputs(self, dests: list[int]):
         """Per receiver the index of its distinct input (receivers with the same incoming edges share one), per
