@@ -2,8 +2,8 @@
 
 The code lives by concern: the patch context (and circuit_outputs, logit_gap) in transformer_patching.py,
 the fast ACDC kernel in transformer_acdc_kernel.py (its per-candidate forward pass in transformer_acdc_tail.py),
-the methods in methods/ beside the MLP ones (transformer_acdc.py, transformer_eap.py, magnitude.py, random.py, probing.py), registered for the
-"transformer" graph kind. `discover` runs them all through one path (kinds.py).
+the methods in methods/ beside the MLP ones (transformer_acdc.py, transformer_eap.py, magnitude.py, random.py,
+probing.py), registered for the "transformer" graph kind. `discover` runs them all through one path (kinds.py).
 """
 from __future__ import annotations
 
