@@ -157,8 +157,8 @@ class _TailForward:
         dests = [g.dest_attn(j, h, c) for h in heads for c in range(nq)]
         key = (j, tuple(heads))
         if key not in self._readers:
-            self._readers[key] = self._shared_inputs(dests)
-        which, reps, full = self._readers[key][:3]
+            self._readers[key] = self._shared_inputs(j, heads, dests)
+        which, reps, full, proj = self._readers[key]
         if len(reps) == len(dests) and pos != slice(None):  # all distinct: per component, the queries at pos only
             if nq == 3:
                 xq, xk, xv = (b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], dl, K, p))
@@ -173,7 +173,6 @@ class _TailForward:
         q = self.D.new_empty(len(heads), K, B, Tq, dh)
         k, v = self.D.new_empty(len(heads), K, B, T, dh), self.D.new_empty(len(heads), K, B, T, dh)
         out = (q, k, v)
-        proj = self._readers[key][3] if len(self._readers[key]) > 3 else self._projections(j, heads, key)
         # inputs read at every position (keys, values), then those read at pos only (queries); before the last
         # layer pos is every position too, so all inputs go in one group
         groups = [(None, slice(None))] if pos == slice(None) else [(True, slice(None)), (False, pos)]
@@ -191,23 +190,10 @@ class _TailForward:
                     out[c][hi].copy_(yr[:, :, pos] if c == 0 and need_all else yr)
         return out
 
-    def _projections(self, j: int, heads: list[int], key) -> list:
-        """Per distinct input of layer j's receivers (see _shared_inputs): its readers (head index, q/k/v) and
-        their weights side by side [d, r * dh] and biases [r * dh], once per stage."""
-        which, reps, full = self._readers[key]
-        nq = self.g.nq
-        Wt, bias = self.Wall[j]
-        proj = []
-        for u in range(len(reps)):
-            rd = [(hi, c) for hi in range(len(heads)) for c in range(3) if which[hi * nq + c % nq] == u]
-            w = [heads[hi] * 3 + c for hi, c in rd]
-            proj.append((rd, Wt[w].permute(1, 0, 2).reshape(Wt.shape[1], -1), bias[w].reshape(-1)))
-        self._readers[key] = (which, reps, full, proj)
-        return proj
-
-    def _shared_inputs(self, dests: list[int]):
+    def _shared_inputs(self, j: int, heads: list[int], dests: list[int]):
         """Per receiver the index of its distinct input (receivers with the same incoming edges share one), per
-        distinct input one receiver reading it and whether it is needed at every position (keys and values)."""
+        distinct input one receiver reading it, whether it is needed at every position (keys and values), and
+        its readers (head index, q/k/v) with their weights side by side [d, r * dh] and biases [r * dh]."""
         nq = self.g.nq
         which, reps, full = [], [], []
         seen: dict = {}
@@ -218,7 +204,13 @@ class _TailForward:
                 full.append(False)
             which.append(u)
             full[u] = full[u] or i % nq != 0 or nq == 1  # keys and values read every position
-        return which, reps, full
+        Wt, bias = self.Wall[j]
+        proj = []
+        for u in range(len(reps)):
+            rd = [(hi, c) for hi in range(len(heads)) for c in range(3) if which[hi * nq + c % nq] == u]
+            w = [heads[hi] * 3 + c for hi, c in rd]
+            proj.append((rd, Wt[w].permute(1, 0, 2).reshape(Wt.shape[1], -1), bias[w].reshape(-1)))
+        return which, reps, full, proj
 
     def _tail(self, j: int, dl: dict, K: int) -> torch.Tensor:
         """From layer j on (the sources before it in dl) to the metric [K]."""
