@@ -88,7 +88,8 @@ class Clusterability(Regime):
             if m is None:
                 continue
             if w.device.type == "cpu":
-                terms.append((w.detach().view(-1).numpy(), w.grad.view(-1).numpy(), m.reshape(-1).to(torch.uint8).numpy()))
+                mask = m.reshape(-1).to(torch.uint8)
+                terms.append((w.detach().view(-1).numpy(), w.grad.view(-1).numpy(), mask.numpy()))
             else:
                 terms.append((w.detach(), w.grad, m.to(w.dtype)))
         self._cache = (key, terms)
