@@ -130,6 +130,24 @@ def test_clusterability_equals_its_definition(clusters):
     assert 0 < sum(shares) / 2 < 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clusterability_gradient_compiled_and_numpy_paths_equal_autograd(dtype):
+    model = _mlp().to(dtype)
+    hooks = _hooks(model, "clusterability", clusters=2)
+    hooks.penalty(0.3).backward()
+    expected = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    paths = [True, False] if hooks.compiled else [False]
+    for compiled in paths:
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        hooks.compiled = compiled
+        hooks.add_penalty_grad_(0.3, step=1)
+        tol = 1e-6 if dtype == torch.float32 else 1e-12
+        for p, e in zip(model.parameters(), expected):
+            assert torch.allclose(p.grad, e, rtol=tol, atol=tol * max(e.abs().max().item(), 1e-30)), compiled
+        assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
 def test_clusterability_leaves_out_matrices_smaller_than_the_clusters():
     model = _mlp()  # linears [9, 16] and [5, 9]
     hooks = _hooks(model, "clusterability", clusters=6)
@@ -298,6 +316,32 @@ def test_weight_sparse_band_search_picks_the_same_entries_as_a_full_top_k(dtype,
             c_hint = next_hint(c_thr, c_hint)
         tied_steps += int((a == a[plain].min()).sum()) > 1
     assert (tied_steps == 80) if levels else (tied_steps == 0)  # the grid makes ties at the k-th value every step
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_projection_is_exact_when_the_threshold_sits_in_a_cluster_of_regrown_weights(dtype):
+    """Pruned weights regrow with nearly one magnitude (Adam's first step from zeroed moments), so the k-th
+    value can sit in a cluster of thousands of nearly equal entries: the compiled search then collects a
+    dense band and selects in it with numpy. Its threshold, count and entries equal a full sort's, for
+    thresholds at the cluster's top, middle and bottom, from a hint inside, above and below the cluster."""
+    from modcircuit.train.regimes.weight_sparse import _compiled_project as compiled
+    if compiled is None:
+        pytest.skip("numba (extra `fast`) is not installed")
+    rng = np.random.default_rng(0)
+    n, n_big, n_cluster = 20000, 3000, 15000
+    for k in (n_big + 1, n_big + 7000, n_big + n_cluster - 1, n_big + n_cluster + 5):
+        for guess, width in ((0.0018, 1e-7), (0.0018, 1e-5), (0.003, 1e-4), (0.0005, 1e-4), (0.0018, 1e-3)):
+            mags = np.concatenate([rng.uniform(0.002, 0.05, n_big), 0.0018 * (1 + 1e-4 * rng.standard_normal(n_cluster)),
+                                   rng.uniform(0, 0.0017, n - n_big - n_cluster)]).astype(dtype)
+            w = rng.permutation(mags * np.where(rng.random(n) < 0.5, -1, 1).astype(dtype))
+            m1, m2 = np.ones(n, dtype), np.full(n, 2, dtype)
+            expect = np.sort(np.abs(w))[n - k]
+            count = int((np.abs(w) >= expect).sum())
+            keep = np.abs(w) >= expect
+            thr, got = compiled(w, m1, m2, np.empty(0, dtype), k, guess, width, True)
+            assert thr == expect and got == count, (k, guess, width)
+            if count == k:
+                assert np.array_equal(w != 0, keep) and np.array_equal(m1 != 0, keep) and np.array_equal(m2 != 0, keep)
 
 
 @pytest.mark.parametrize("compiled", [True, False])

@@ -8,26 +8,11 @@ result equals the per-edge reference (acdc-plain) exactly; only the amount of wo
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 
-from ..nn.transformer import activation
 from .methods import MethodResult
-from .transformer_patching import TransformerPatchContext, weighted_values
-
-
-@dataclass
-class Changes:
-    """A source's live - ablated value for a batch of candidates: base [1, B, T, d] for all of them (None: it is
-    already in the receivers' current inputs, Ucur), plus delta [P, B, T, d] for candidates rows [P] (a candidate
-    may appear more than once; its deltas add up)."""
-
-    base: torch.Tensor | None
-    rows: torch.Tensor
-    delta: torch.Tensor
+from .transformer_acdc_tail import _TailForward
+from .transformer_patching import TransformerPatchContext
 
 
 # a speculative chain is evaluated lazily in chunks whose size maximises the expected number of useful
@@ -39,7 +24,7 @@ PASS_COST = 2.0
 PRIOR = {True: (1.0, 16.0), False: (1.0, 4.0)}  # (wrong, checked) for measured / unmeasured guesses
 
 
-class _StageACDC:
+class _StageACDC(_TailForward):
     """Fast transformer ACDC.
 
     A *stage* is a maximal run of the order's edges whose receivers share a rank (the output; one layer's
@@ -55,7 +40,7 @@ class _StageACDC:
         evaluation), and the last layer works at the last position only (the output reads only there;
         keys and values still see every position);
       * later receivers sum the values shared by all candidates once and only the per-candidate changes
-        per candidate (see Changes); receivers with the same incoming edges share one normalised input;
+        per candidate (see CandidateSources); receivers with the same incoming edges share one normalised input;
       * sources whose outgoing edges are all removed are skipped (they add exactly nothing), and an edge
         into such a dead receiver, or from a source equal to its ablated value, scores exactly 0;
       * ACDC's sequential rule is kept exactly by speculation: a batch evaluates a chain of candidates, each
@@ -82,20 +67,7 @@ class _StageACDC:
         self.zero = (self.D == 0).flatten(1).all(1).tolist()  # removing an edge from s changes nothing
         self.scores = torch.full(self.M.shape, float("nan"), dtype=torch.float64)
         self.passes, self.candidates = 0, 0
-        self.W = []  # per layer: (W^T [H, d, dh], b [H, 1, dh]) for q, k, v, then W_O per head [H, dh, d]
-        for b in self.m.blocks:
-            H, dh = self.g.n_heads, b.d_head
-            proj = [(W.view(H, dh, -1).transpose(1, 2).contiguous(), bias.view(H, 1, dh))
-                    for W, bias in ((b.W_Q, b.b_Q), (b.W_K, b.b_K), (b.W_V, b.b_V))]
-            self.W.append(proj + [b.W_O.view(-1, H, dh).permute(1, 2, 0).contiguous()])
-        # per layer, every head's q, k and v weights stacked [H * 3, d, dh] (row h * 3 + c) and biases [H * 3, 1, dh]:
-        # any set of (head, q/k/v) projections is then one batched product
-        self.Wall = [(torch.stack([W[c][0] for c in range(3)], 1).flatten(0, 1),
-                      torch.stack([W[c][1] for c in range(3)], 1).flatten(0, 1)) for W in self.W]
-        self._masks: dict = {}
-        self._live: dict = {}
-        self._dense_changes: dict = {}
-        self._logp = self._p = None
+        self._prepare_forward()
 
     # ---- the stage's fixed quantities --------------------------------------------------------------
     def _rank(self, k: int) -> int:
@@ -156,198 +128,6 @@ class _StageACDC:
         if self.kind == "attn" and recompute:
             self.dirty.add(j // self.g.nq)
 
-    def _mlp(self, b, x: torch.Tensor) -> torch.Tensor:
-        """b.mlp(x) with the biases added in the matrix products."""
-        h = F.linear(b.norm2(x), b.W_in, b.b_in)
-        return F.linear(activation(self.m.act, h), b.W_out, b.b_out)
-
-    def _metric_out(self, x: torch.Tensor) -> torch.Tensor:
-        """The metric [K] of the output read from residual x [K, B, T', d] at the positions read (the last
-        only: KL from the model's log-probabilities computed once)."""
-        m = self.m
-        if m.ln_f is not None:
-            x = m.ln_f(x)
-        out = self.ctx.positions.select(F.linear(x, m.W_U, m.b_U))
-        if self.ctx.metric_name != "kl" or not self.ctx.positions.last:
-            return self.ctx.metric(out)
-        if self._logp is None:
-            self._logp = F.log_softmax(self.ctx.target, -1)
-            self._p = self._logp.exp()
-        return (self._p * (self._logp - F.log_softmax(out, -1))).sum(-1).mean(-1)
-
-    # ---- pieces of the forward pass (receiver-major layout: [n_receivers or heads, K, B, T, d]) -------
-    def _norm1(self, l: int, x: torch.Tensor) -> torch.Tensor:
-        return self.m.blocks[l].norm1(x)
-
-    def _project(self, l: int, c: int, heads, xn: torch.Tensor) -> torch.Tensor:
-        """xn [P, ..., d] (normalised inputs, one head each) -> [P, ..., dh] with heads' weights (c: q, k, v)."""
-        Wt, bias = self.W[l][c]
-        if isinstance(heads, torch.Tensor) or len(heads) != self.g.n_heads:
-            Wt, bias = Wt[heads], bias[heads]
-        P = xn.shape[0]
-        return torch.baddbmm(bias, xn.reshape(P, -1, xn.shape[-1]), Wt).view(*xn.shape[:-1], -1)
-
-    def _attend(self, l: int, heads, q, k, v) -> torch.Tensor:
-        """Results [P, ..., Tq, d] of heads (one per leading index) from q [P, ..., Tq, dh], k, v [P, ..., T, dh]."""
-        Tq, T = q.shape[-2], k.shape[-2]
-        s = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1]))
-        if Tq > 1 and self.m.blocks[l].causal:
-            s = s.masked_fill(self._causal(Tq, T), float("-inf"))
-        z = weighted_values(s.softmax(-1), v)
-        Wo = self.W[l][3]
-        if isinstance(heads, torch.Tensor) or len(heads) != self.g.n_heads:
-            Wo = Wo[heads]
-        P = z.shape[0]
-        return torch.bmm(z.reshape(P, -1, z.shape[-1]), Wo).view(*z.shape[:-1], -1)
-
-    def _causal(self, Tq: int, T: int) -> torch.Tensor:
-        key = (Tq, T)
-        if key not in self._masks:
-            self._masks[key] = torch.ones(Tq, T, dtype=torch.bool, device=self.ctx.device).triu(T - Tq + 1)
-        return self._masks[key]
-
-    def _gather(self, dests: list[int], dl: dict, K: int, pos: slice) -> torch.Tensor:
-        """Inputs [n, K, B, T', d] of later receivers: U_k + sum over live sources M[k, s] (live_s - a_s).
-
-        dl maps a source to live - ablated: one value for every candidate ([1, B, T, d]), one per candidate
-        ([K, B, T, d]) or a Changes (one value plus per-candidate changes of a few candidates). The shared
-        values are summed once, only the per-candidate parts are summed per candidate."""
-        idx = [k - self.k0 for k in dests]
-        n = len(idx)
-        U = self.Ucur if self.use_cur else self.U
-        u = (U[idx] if n > 1 else U[idx[0]][None])[:, :, pos]  # [n, B, T', d]
-        Mw = self.M[dests]
-        shared, dense = [], []
-        for s, v in dl.items():
-            if isinstance(v, Changes):  # the shared value, plus the changes as one more per-candidate source
-                if v.base is not None:
-                    shared.append((s, v.base))
-                dense.append((s, self._densified(s, v, K)))
-            elif v.shape[0] == 1:
-                shared.append((s, v))
-            else:
-                dense.append((s, v))
-        if shared:
-            srcs = [s for s, _ in shared]
-            live = torch.stack([v[0, :, pos] for _, v in shared]).view(len(srcs), -1)
-            u = torch.addmm(u.reshape(n, -1), Mw[:, srcs], live).view_as(u)
-        if not dense:
-            x = u[:, None].expand(-1, K, -1, -1, -1).contiguous()
-        elif len(dense) == 1:
-            s, v = dense[0]
-            x = torch.addcmul(u[:, None], Mw[:, s].view(n, 1, 1, 1, 1), v[None, :, :, pos])
-        else:
-            srcs = [s for s, _ in dense]
-            key = (tuple(srcs), pos.start, K)
-            live = self._live.get(key)
-            if live is None:  # the per-candidate sources stacked once per layer and position range
-                live = torch.stack([v[:, :, pos] for _, v in dense]).view(len(srcs), -1)
-                self._live = {key: live}
-            x = torch.mm(Mw[:, srcs], live).view(n, K, *u.shape[1:]).add_(u[:, None])
-        return x
-
-    def _densified(self, s: int, v: Changes, K: int) -> torch.Tensor:
-        """A Changes' per-candidate part as [K, B, T, d] (zero for the candidates it does not change), made once
-        per evaluation: every later receiver then adds it in one matrix product with the other per-candidate
-        sources, instead of scattering weighted copies of the changes receiver by receiver."""
-        d = self._dense_changes.get(s)
-        if d is None:
-            d = v.delta.new_zeros(K, *v.delta.shape[1:]).index_add_(0, v.rows, v.delta)
-            self._dense_changes[s] = d
-        return d
-
-    def _layer(self, j: int, dl: dict, K: int):
-        """Recompute layer j (after the stage's) for K candidates: dl maps source -> live - ablated [K|1, B, T', d]."""
-        g, b = self.g, self.m.blocks[j]
-        pos = self.lp if j == g.n_layers - 1 else slice(None)
-        heads = [h for h in range(g.n_heads) if self.alive[g.src_head(j, h)]]
-        if heads:
-            res = self._attend(j, heads, *self._attn_qkv(j, heads, dl, K, pos))  # [Hc, K, B, Tq, d]
-            for i, h in enumerate(heads):
-                s = g.src_head(j, h)
-                dl[s] = res[i] - self.a[s][:, pos]
-        s = g.src_mlp(j)
-        if self.alive[s]:
-            x = self._gather([g.dest_mlp(j)], dl, K, pos)[0]
-            dl[s] = self._mlp(b, x) - self.a[s][:, pos]
-
-    def _attn_qkv(self, j: int, heads: list[int], dl: dict, K: int, pos: slice):
-        """q, k, v projections [len(heads), K, B, T', dh] of layer j's heads (queries at positions pos).
-        Receivers with the same incoming edges read the same input (every receiver of a layer has the same
-        ablated base), so each distinct input is gathered, normalised and projected (one matrix product for
-        every head and q/k/v reading it) once: once most edges are kept, one or two distinct inputs serve all
-        of a layer's receivers."""
-        g, b, nq = self.g, self.m.blocks[j], self.g.nq
-        dests = [g.dest_attn(j, h, c) for h in heads for c in range(nq)]
-        key = (j, tuple(heads))
-        if key not in self._readers:
-            self._readers[key] = self._shared_inputs(dests)
-        which, reps, full = self._readers[key]
-        if len(reps) == len(dests) and pos != slice(None):  # all distinct: per component, the queries at pos only
-            if nq == 3:
-                xq, xk, xv = (b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], dl, K, p))
-                              for c, p in ((0, pos), (1, slice(None)), (2, slice(None))))
-            else:
-                xk = xv = b.norm1(self._gather(dests, dl, K, slice(None)))
-                xq = xk[:, :, :, pos]
-            return self._project(j, 0, heads, xq), self._project(j, 1, heads, xk), self._project(j, 2, heads, xv)
-        Wt, bias = self.Wall[j]
-        out: list = [[None] * len(heads) for _ in range(3)]
-        # inputs read at every position (keys, values), then those read at pos only (queries); before the last
-        # layer pos is every position too, so all inputs go in one group
-        groups = [(None, slice(None))] if pos == slice(None) else [(True, slice(None)), (False, pos)]
-        for need_all, p in groups:
-            us = [u for u in range(len(reps)) if need_all is None or full[u] == need_all]
-            if not us:
-                continue
-            xn = b.norm1(self._gather([reps[u] for u in us], dl, K, p))  # [n_u, K, B, T', d]
-            # every (head, q/k/v) reading each input u (c in 0..2; without split_qkv one receiver feeds all three),
-            # projected in one batched product
-            slot = {u: i for i, u in enumerate(us)}
-            readers = [(slot[which[hi * nq + c % nq]], hi, c) for hi in range(len(heads)) for c in range(3)
-                       if which[hi * nq + c % nq] in slot]
-            # the first reader of each input (in input order) projects the inputs as they are; only the further
-            # readers of a shared input need a copy of it
-            first, extra, seen_u = [], [], set()
-            for r, (i, _, _) in enumerate(readers):
-                (extra if i in seen_u else first).append(r)
-                seen_u.add(i)
-            x = xn.view(len(us), -1, xn.shape[-1])
-            for group, xs in ((first, x), (extra, None)):
-                if not group:
-                    continue
-                if xs is None:
-                    xs = x[[readers[r][0] for r in group]]
-                w = torch.tensor([heads[readers[r][1]] * 3 + readers[r][2] for r in group], device=xn.device)
-                y = torch.baddbmm(bias[w], xs, Wt[w]).view(len(group), *xn.shape[1:-1], -1)  # [n, K, B, T', dh]
-                for yi, r in enumerate(group):
-                    _, hi, c = readers[r]
-                    out[c][hi] = y[yi][:, :, pos] if c == 0 and need_all else y[yi]
-        return tuple(torch.stack(parts) for parts in out)
-
-    def _shared_inputs(self, dests: list[int]):
-        """Per receiver the index of its distinct input (receivers with the same incoming edges share one), per
-        distinct input one receiver reading it and whether it is needed at every position (keys and values)."""
-        nq = self.g.nq
-        which, reps, full = [], [], []
-        seen: dict = {}
-        for i, row in enumerate(self.M[dests].tolist()):
-            u = seen.setdefault(tuple(row), len(reps))
-            if u == len(reps):
-                reps.append(dests[i])
-                full.append(False)
-            which.append(u)
-            full[u] = full[u] or i % nq != 0 or nq == 1  # keys and values read every position
-        return which, reps, full
-
-    def _tail(self, j: int, dl: dict, K: int) -> torch.Tensor:
-        """From layer j on (the sources before it in dl) to the metric [K]."""
-        g = self.g
-        for jj in range(j, g.n_layers):
-            self._layer(jj, dl, K)
-        x = self._gather([g.dest_out], dl, K, self.lp)[0]
-        return self._metric_out(x)
-
     # ---- candidate evaluation ----------------------------------------------------------------------
     def _refresh(self):
         """Current projections and results of the stage layer's heads whose inputs changed; in the last layer
@@ -376,7 +156,6 @@ class _StageACDC:
                 srcs = [g.src_head(l, h) for h in heads]
                 self.Ucur.view(len(self.Ucur), -1).addmm_(self.M[self.k0:, srcs], cdl)
         self.dirty.clear()
-        self._live = {}
         self.cur = [torch.stack(t) for t in (self.cq, self.ck, self.cv, self.cres)]
         if last:  # x_mlp, mlp - a and x_out of the current circuit at the last position
             dl = {g.src_head(l, h): self.cdl[h] for h in range(H) if self.alive[g.src_head(l, h)]}
@@ -390,8 +169,7 @@ class _StageACDC:
             self.w_mlp = self.M[g.dest_mlp(l), srcs]  # [H]: weights of the heads' edges into the MLP and output
             self.w_out = self.M[g.dest_out, srcs]
             self.w_out_mlp = float(self.M[g.dest_out, s])
-            self._live = {}
-
+    
     def _attn_eval(self, R: torch.Tensor, K: int) -> torch.Tensor:
         g, l = self.g, self.layer
         b = self.m.blocks[l]
@@ -449,17 +227,19 @@ class _StageACDC:
                 hp, dres = hp[inv], dres[inv]
         if last:
             return self._last_tail(K, ip, hp, dres if P else None)
-        dl: dict = {}  # the heads' current values are in Ucur: only their changes are added
+        # the heads' current values are in Ucur: only their changes are added, as per-candidate sources (zero
+        # for the candidates that do not change the head; a candidate's changes of one head add up)
         for h in range(H):
             s = g.src_head(l, h)
             if P and self.alive[s]:
                 sel = torch.nonzero(hp == h).flatten()
                 if len(sel):
-                    dl[s] = Changes(None, ip[sel], dres[sel])
+                    self.pc.new(s).zero_().index_add_(0, ip[sel], dres[sel])
+        dl: dict = {}
         s = g.src_mlp(l)
         if self.alive[s]:
             x = self._gather([g.dest_mlp(l)], dl, K, pos)[0]
-            dl[s] = self._mlp(b, x) - self.a[s][:, pos]
+            torch.sub(self._mlp(b, x), self.a[s][:, pos], out=self.pc.new(s, pos))
         return self._tail(l + 1, dl, K)
 
     def _last_DU(self):
@@ -523,17 +303,18 @@ class _StageACDC:
         K = R.shape[0]
         self.passes += 1
         self.candidates += K
-        self._live, self._dense_changes = {}, {}
         self.chunk = self.chunk_tail = None
         if self.kind == "out":
             x = self._removed(R, 0, None, self.lp)
             return self._metric_out(x)
+        # room for every source from the stage's layer on (the most a pass can recompute per candidate)
+        self.pc.reset(g.n_src - g.n_src_before(l), K, tuple(self.D.shape[1:]), self.D)
         pos = self.lp if l == g.n_layers - 1 else slice(None)
         b = self.m.blocks[l]
         dl: dict = {}
         if self.kind == "mlp":
             s = g.src_mlp(l)
-            dl[s] = self._mlp(b, self._removed(R, 0, None, pos)) - self.a[s][:, pos]
+            torch.sub(self._mlp(b, self._removed(R, 0, None, pos)), self.a[s][:, pos], out=self.pc.new(s, pos))
             return self._tail(l + 1, dl, K)
         return self._attn_eval(R, K)
 

@@ -1,9 +1,9 @@
 """The head-level transformer graph's public names in one place, and `discover_transformer`.
 
 The code lives by concern: the patch context (and circuit_outputs, logit_gap) in transformer_patching.py,
-the fast ACDC kernel in transformer_acdc_kernel.py, the methods in methods/ beside the MLP ones
-(transformer_acdc.py, transformer_eap.py, magnitude.py, random.py, probing.py), registered for the
-"transformer" graph kind. `discover` runs them all through one path (kinds.py).
+the fast ACDC kernel in transformer_acdc_kernel.py (its per-candidate forward pass in transformer_acdc_tail.py),
+the methods in methods/ beside the MLP ones (transformer_acdc.py, transformer_eap.py, magnitude.py, random.py,
+probing.py), registered for the "transformer" graph kind. `discover` runs them all through one path (kinds.py).
 """
 from __future__ import annotations
 

@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...nn.modularity import DEFAULT_CLUSTERS, clusterability, co_cluster_masks
 from .base import Regime, register_regime
 
+try:  # the compiled gradient (extra `fast`): two passes a matrix, no temporaries
+    from .compiled import clusterability_grad as _compiled_grad
+except ImportError:  # pragma: no cover - numba missing
+    _compiled_grad = None
+
 
 class ClusterabilityOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -35,6 +40,9 @@ class Clusterability(Regime):
         super().__init__(model, cfg, optimizer)
         self.masks = self._cluster()
         self._cache = None  # see _terms
+        self.compiled = _compiled_grad is not None  # (tests switch it off to check the numpy path)
+        # the weight matrices, once: the trainer never replaces a parameter, and cost_terms() costs ~18 us a step
+        self._weights = [w for w, _, _ in model.cost_terms()]
 
     def _cluster(self) -> list:
         return co_cluster_masks([w for w, _, _ in self.model.cost_terms()], self.options.clusters, self.cfg.seed)
@@ -52,6 +60,9 @@ class Clusterability(Regime):
         terms = self._terms()
         scale = -2 * lam / len(terms)
         for w, grad, mask in terms:
+            if self.compiled and isinstance(w, np.ndarray):
+                _compiled_grad(w, grad, mask, scale)
+                continue
             # dC/dW in closed form: two dot products and a few element-wise ops a matrix, no autograd graph
             inside_w = w * mask  # W on the co-clusters, 0 off them
             total = float(_dot(w, w))
@@ -62,10 +73,11 @@ class Clusterability(Regime):
             grad -= w * (c * scale / total)
 
     def _terms(self) -> list:
-        """(W, its .grad, its co-cluster mask as 0/1 in W's dtype) per matrix that has a mask: numpy views of the
-        same memory on CPU (a third of torch's per-call overhead), detached tensors elsewhere. Kept between steps;
-        rebuilt when the masks, a weight's memory or a .grad tensor change (the key shows it)."""
-        weights = [w for w, _, _ in self.model.cost_terms()]
+        """(W, its .grad, its co-cluster mask as 0/1) per matrix that has a mask: flat numpy views of the same memory
+        on CPU (a third of torch's per-call overhead; the mask as bytes, a quarter of the memory to read), detached
+        tensors elsewhere (the mask in W's dtype). Kept between steps; rebuilt when the masks, a weight's memory or a
+        .grad tensor change (the key shows it)."""
+        weights = self._weights
         key = (self.masks, [(w.data_ptr(), w.grad) for w in weights])
         cached = self._cache
         if cached is not None and cached[0][0] is key[0] and len(cached[0][1]) == len(key[1]) and all(
@@ -75,8 +87,11 @@ class Clusterability(Regime):
         for w, m in zip(weights, self.masks):
             if m is None:
                 continue
-            arrays = (w.detach(), w.grad, m.to(w.dtype))
-            terms.append(tuple(a.numpy() for a in arrays) if w.device.type == "cpu" else arrays)
+            if w.device.type == "cpu":
+                mask = m.reshape(-1).to(torch.uint8)
+                terms.append((w.detach().view(-1).numpy(), w.grad.view(-1).numpy(), mask.numpy()))
+            else:
+                terms.append((w.detach(), w.grad, m.to(w.dtype)))
         self._cache = (key, terms)
         return terms
 

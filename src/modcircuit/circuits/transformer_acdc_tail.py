@@ -1,0 +1,221 @@
+"""The forward pass of fast transformer ACDC from a stage's layer to the metric, for K candidate circuits at once
+(`_TailForward`, the pieces `_StageACDC` in transformer_acdc_kernel.py evaluates candidates with).
+
+Layout: receiver-major, [n_receivers or heads, K, B, T, d]. The pieces read the stage's state that the kernel
+keeps: U / Ucur (the later receivers' inputs from the sources before the stage, and the stage heads' current
+values), M (the current circuit), alive (sources with an outgoing edge), k0 and the positions read (lp).
+Sources recomputed per candidate live side by side in CandidateSources; values shared by every candidate are
+passed in a dict (source -> live - ablated [1, B, T, d]).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..nn.transformer import activation
+from .transformer_patching import weighted_values
+
+
+class CandidateSources:
+    """The live - ablated values [K, B, T, d] of the sources recomputed per candidate in one evaluation, side by
+    side in one buffer, slot by slot in the order they are computed: a later receiver's input is then one matrix
+    product over the slots written so far, and nothing is stacked. The buffer is kept between evaluations (fresh
+    memory every pass costs page faults) and grows when a pass needs more."""
+
+    def __init__(self):
+        self.mem = torch.empty(0)
+        self.srcs: list[int] = []
+        self.buf = None
+
+    def reset(self, n_max: int, K: int, shape: tuple, like: torch.Tensor):
+        """Room for n_max sources of K candidates, values of shape [B, T, d]."""
+        need = n_max * K * math.prod(shape)
+        if self.mem.numel() < need or self.mem.dtype != like.dtype or self.mem.device != like.device:
+            self.mem = like.new_empty(need)
+        self.buf = self.mem[:need].view(n_max, K, *shape)
+        self.srcs = []
+
+    def new(self, s: int, pos: slice = slice(None)) -> torch.Tensor:
+        """The slot [K, B, T', d] to write source s's values into (at positions pos: the last layer's)."""
+        self.srcs.append(s)
+        return self.buf[len(self.srcs) - 1][:, :, pos]
+
+    def matrix(self, pos: slice) -> torch.Tensor:
+        """The values written so far at positions pos, one row per source [n, K * B * T' * d]."""
+        n = len(self.srcs)
+        v = self.buf[:n]
+        return v.view(n, -1) if pos == slice(None) else v[:, :, :, pos].reshape(n, -1)
+
+
+class _TailForward:
+    """The forward pieces of _StageACDC (see the module docstring for the state they read)."""
+
+    def _prepare_forward(self):
+        """The model's weights in the layouts the pieces below use, and their caches."""
+        self.W = []  # per layer: (W^T [H, d, dh], b [H, 1, dh]) for q, k, v, then W_O per head [H, dh, d]
+        for b in self.m.blocks:
+            H, dh = self.g.n_heads, b.d_head
+            proj = [(W.view(H, dh, -1).transpose(1, 2).contiguous(), bias.view(H, 1, dh))
+                    for W, bias in ((b.W_Q, b.b_Q), (b.W_K, b.b_K), (b.W_V, b.b_V))]
+            self.W.append(proj + [b.W_O.view(-1, H, dh).permute(1, 2, 0).contiguous()])
+        # per layer, every head's q, k and v weights stacked [H * 3, d, dh] (row h * 3 + c) and biases [H * 3, 1, dh]:
+        # any set of (head, q/k/v) projections is then one batched product
+        self.Wall = [(torch.stack([W[c][0] for c in range(3)], 1).flatten(0, 1),
+                      torch.stack([W[c][1] for c in range(3)], 1).flatten(0, 1)) for W in self.W]
+        self._masks: dict = {}
+        self.pc = CandidateSources()
+        self._logp = self._p = None
+
+    def _mlp(self, b, x: torch.Tensor) -> torch.Tensor:
+        """b.mlp(x) with the biases added in the matrix products."""
+        h = F.linear(b.norm2(x), b.W_in, b.b_in)
+        return F.linear(activation(self.m.act, h), b.W_out, b.b_out)
+
+    def _metric_out(self, x: torch.Tensor) -> torch.Tensor:
+        """The metric [K] of the output read from residual x [K, B, T', d] at the positions read (the last
+        only: KL from the model's log-probabilities computed once)."""
+        m = self.m
+        if m.ln_f is not None:
+            x = m.ln_f(x)
+        out = self.ctx.positions.select(F.linear(x, m.W_U, m.b_U))
+        if self.ctx.metric_name != "kl" or not self.ctx.positions.last:
+            return self.ctx.metric(out)
+        if self._logp is None:
+            self._logp = F.log_softmax(self.ctx.target, -1)
+            self._p = self._logp.exp()
+        return (self._p * (self._logp - F.log_softmax(out, -1))).sum(-1).mean(-1)
+
+    # ---- pieces of the forward pass (receiver-major layout: [n_receivers or heads, K, B, T, d]) -------
+    def _project(self, l: int, c: int, heads, xn: torch.Tensor) -> torch.Tensor:
+        """xn [P, ..., d] (normalised inputs, one head each) -> [P, ..., dh] with heads' weights (c: q, k, v)."""
+        Wt, bias = self.W[l][c]
+        if isinstance(heads, torch.Tensor) or len(heads) != self.g.n_heads:
+            Wt, bias = Wt[heads], bias[heads]
+        P = xn.shape[0]
+        return torch.baddbmm(bias, xn.reshape(P, -1, xn.shape[-1]), Wt).view(*xn.shape[:-1], -1)
+
+    def _attend(self, l: int, heads, q, k, v) -> torch.Tensor:
+        """Results [P, ..., Tq, d] of heads (one per leading index) from q [P, ..., Tq, dh], k, v [P, ..., T, dh]."""
+        Tq, T = q.shape[-2], k.shape[-2]
+        s = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1]))
+        if Tq > 1 and self.m.blocks[l].causal:
+            s = s.masked_fill(self._causal(Tq, T), float("-inf"))
+        z = weighted_values(s.softmax(-1), v)
+        Wo = self.W[l][3]
+        if isinstance(heads, torch.Tensor) or len(heads) != self.g.n_heads:
+            Wo = Wo[heads]
+        P = z.shape[0]
+        return torch.bmm(z.reshape(P, -1, z.shape[-1]), Wo).view(*z.shape[:-1], -1)
+
+    def _causal(self, Tq: int, T: int) -> torch.Tensor:
+        key = (Tq, T)
+        if key not in self._masks:
+            self._masks[key] = torch.ones(Tq, T, dtype=torch.bool, device=self.ctx.device).triu(T - Tq + 1)
+        return self._masks[key]
+
+    def _gather(self, dests: list[int], dl: dict, K: int, pos: slice) -> torch.Tensor:
+        """Inputs [n, K, B, T', d] of later receivers: U_k + sum over live sources M[k, s] (live_s - a_s).
+
+        dl maps a source to its live - ablated value for every candidate ([1, B, T, d]); the sources recomputed
+        per candidate are in self.pc. The shared values are summed once, the per-candidate ones per candidate."""
+        idx = [k - self.k0 for k in dests]
+        n = len(idx)
+        U = self.Ucur if self.use_cur else self.U
+        u = (U[idx] if n > 1 else U[idx[0]][None])[:, :, pos]  # [n, B, T', d]
+        Mw = self.M[dests]
+        if dl:
+            live = torch.stack([v[0, :, pos] for v in dl.values()]).view(len(dl), -1)
+            u = torch.addmm(u.reshape(n, -1), Mw[:, list(dl)], live).view_as(u)
+        if not self.pc.srcs:
+            return u[:, None].expand(-1, K, -1, -1, -1).contiguous()
+        return torch.mm(Mw[:, self.pc.srcs], self.pc.matrix(pos)).view(n, K, *u.shape[1:]).add_(u[:, None])
+
+    def _layer(self, j: int, dl: dict, K: int):
+        """Recompute layer j (after the stage's) for K candidates (its sources' values go to self.pc)."""
+        g, b = self.g, self.m.blocks[j]
+        pos = self.lp if j == g.n_layers - 1 else slice(None)
+        heads = [h for h in range(g.n_heads) if self.alive[g.src_head(j, h)]]
+        if heads:
+            res = self._attend(j, heads, *self._attn_qkv(j, heads, dl, K, pos))  # [Hc, K, B, Tq, d]
+            for i, h in enumerate(heads):
+                s = g.src_head(j, h)
+                torch.sub(res[i], self.a[s][:, pos], out=self.pc.new(s, pos))
+        s = g.src_mlp(j)
+        if self.alive[s]:
+            x = self._gather([g.dest_mlp(j)], dl, K, pos)[0]
+            torch.sub(self._mlp(b, x), self.a[s][:, pos], out=self.pc.new(s, pos))
+
+    def _attn_qkv(self, j: int, heads: list[int], dl: dict, K: int, pos: slice):
+        """q, k, v projections [len(heads), K, B, T', dh] of layer j's heads (queries at positions pos).
+        Receivers with the same incoming edges read the same input (every receiver of a layer has the same
+        ablated base), so each distinct input is gathered, normalised and projected (one matrix product for
+        every head and q/k/v reading it) once: once most edges are kept, one or two distinct inputs serve all
+        of a layer's receivers."""
+        g, b, nq = self.g, self.m.blocks[j], self.g.nq
+        dests = [g.dest_attn(j, h, c) for h in heads for c in range(nq)]
+        key = (j, tuple(heads))
+        if key not in self._readers:
+            self._readers[key] = self._shared_inputs(j, heads, dests)
+        which, reps, full, proj = self._readers[key]
+        if len(reps) == len(dests) and pos != slice(None):  # all distinct: per component, the queries at pos only
+            if nq == 3:
+                xq, xk, xv = (b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], dl, K, p))
+                              for c, p in ((0, pos), (1, slice(None)), (2, slice(None))))
+            else:
+                xk = xv = b.norm1(self._gather(dests, dl, K, slice(None)))
+                xq = xk[:, :, :, pos]
+            return self._project(j, 0, heads, xq), self._project(j, 1, heads, xk), self._project(j, 2, heads, xv)
+        B, T, d = self.D.shape[1:]
+        Tq = len(range(T)[pos])
+        dh = self.W[j][0][0].shape[-1]
+        q = self.D.new_empty(len(heads), K, B, Tq, dh)
+        k, v = self.D.new_empty(len(heads), K, B, T, dh), self.D.new_empty(len(heads), K, B, T, dh)
+        out = (q, k, v)
+        # inputs read at every position (keys, values), then those read at pos only (queries); before the last
+        # layer pos is every position too, so all inputs go in one group
+        groups = [(None, slice(None))] if pos == slice(None) else [(True, slice(None)), (False, pos)]
+        for need_all, p in groups:
+            us = [u for u in range(len(reps)) if need_all is None or full[u] == need_all]
+            if not us:
+                continue
+            xn = b.norm1(self._gather([reps[u] for u in us], dl, K, p))  # [n_u, K, B, T', d]
+            for i, u in enumerate(us):
+                # every (head, q/k/v) reading input u in one product with their weights side by side
+                rd, Wc, bc = proj[u]
+                y = torch.addmm(bc, xn[i].view(-1, d), Wc).view(*xn.shape[1:-1], len(rd), dh)
+                for r, (hi, c) in enumerate(rd):
+                    yr = y[..., r, :]
+                    out[c][hi].copy_(yr[:, :, pos] if c == 0 and need_all else yr)
+        return out
+
+    def _shared_inputs(self, j: int, heads: list[int], dests: list[int]):
+        """Per receiver the index of its distinct input (receivers with the same incoming edges share one), per
+        distinct input one receiver reading it, whether it is needed at every position (keys and values), and
+        its readers (head index, q/k/v) with their weights side by side [d, r * dh] and biases [r * dh]."""
+        nq = self.g.nq
+        which, reps, full = [], [], []
+        seen: dict = {}
+        for i, row in enumerate(self.M[dests].tolist()):
+            u = seen.setdefault(tuple(row), len(reps))
+            if u == len(reps):
+                reps.append(dests[i])
+                full.append(False)
+            which.append(u)
+            full[u] = full[u] or i % nq != 0 or nq == 1  # keys and values read every position
+        Wt, bias = self.Wall[j]
+        proj = []
+        for u in range(len(reps)):
+            rd = [(hi, c) for hi in range(len(heads)) for c in range(3) if which[hi * nq + c % nq] == u]
+            w = [heads[hi] * 3 + c for hi, c in rd]
+            proj.append((rd, Wt[w].permute(1, 0, 2).reshape(Wt.shape[1], -1), bias[w].reshape(-1)))
+        return which, reps, full, proj
+
+    def _tail(self, j: int, dl: dict, K: int) -> torch.Tensor:
+        """From layer j on (the sources before it in dl) to the metric [K]."""
+        g = self.g
+        for jj in range(j, g.n_layers):
+            self._layer(jj, dl, K)
+        x = self._gather([g.dest_out], dl, K, self.lp)[0]
+        return self._metric_out(x)
