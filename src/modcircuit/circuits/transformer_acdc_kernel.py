@@ -160,16 +160,16 @@ class _StageACDC(_TailForward):
         if last:  # x_mlp, mlp - a and x_out of the current circuit at the last position
             dl = {g.src_head(l, h): self.cdl[h] for h in range(H) if self.alive[g.src_head(l, h)]}
             s = g.src_mlp(l)
-            self.cx_mlp = self._gather([g.dest_mlp(l)], dl, 1, pos)[0] if self.alive[s] else None
+            self.cx_mlp = self._gather([g.dest_mlp(l)], 1, pos, dl)[0] if self.alive[s] else None
             if self.alive[s]:
                 dl[s] = self._mlp(b, self.cx_mlp) - self.a[s][:, pos]
                 self.cdl_mlp = dl[s]
-            self.cx_out = self._gather([g.dest_out], dl, 1, pos)[0]
+            self.cx_out = self._gather([g.dest_out], 1, pos, dl)[0]
             srcs = torch.tensor([g.src_head(l, h) for h in range(H)], device=self.ctx.device)
             self.w_mlp = self.M[g.dest_mlp(l), srcs]  # [H]: weights of the heads' edges into the MLP and output
             self.w_out = self.M[g.dest_out, srcs]
             self.w_out_mlp = float(self.M[g.dest_out, s])
-    
+
     def _attn_eval(self, R: torch.Tensor, K: int) -> torch.Tensor:
         g, l = self.g, self.layer
         b = self.m.blocks[l]
@@ -228,19 +228,18 @@ class _StageACDC(_TailForward):
         if last:
             return self._last_tail(K, ip, hp, dres if P else None)
         # the heads' current values are in Ucur: only their changes are added, as per-candidate sources (zero
-        # for the candidates that do not change the head; a candidate's changes of one head add up)
+        # for the candidates that do not change the head)
         for h in range(H):
             s = g.src_head(l, h)
             if P and self.alive[s]:
                 sel = torch.nonzero(hp == h).flatten()
                 if len(sel):
                     self.pc.new(s).zero_().index_add_(0, ip[sel], dres[sel])
-        dl: dict = {}
         s = g.src_mlp(l)
         if self.alive[s]:
-            x = self._gather([g.dest_mlp(l)], dl, K, pos)[0]
+            x = self._gather([g.dest_mlp(l)], K, pos)[0]
             torch.sub(self._mlp(b, x), self.a[s][:, pos], out=self.pc.new(s, pos))
-        return self._tail(l + 1, dl, K)
+        return self._tail(l + 1, K)
 
     def _last_DU(self):
         """Ds and U at the last position (contiguous), cached until U changes."""
@@ -311,11 +310,10 @@ class _StageACDC(_TailForward):
         self.pc.reset(g.n_src - g.n_src_before(l), K, tuple(self.D.shape[1:]), self.D)
         pos = self.lp if l == g.n_layers - 1 else slice(None)
         b = self.m.blocks[l]
-        dl: dict = {}
         if self.kind == "mlp":
             s = g.src_mlp(l)
             torch.sub(self._mlp(b, self._removed(R, 0, None, pos)), self.a[s][:, pos], out=self.pc.new(s, pos))
-            return self._tail(l + 1, dl, K)
+            return self._tail(l + 1, K)
         return self._attn_eval(R, K)
 
     # ---- the sequential rule -----------------------------------------------------------------------

@@ -4,8 +4,8 @@
 Layout: receiver-major, [n_receivers or heads, K, B, T, d]. The pieces read the stage's state that the kernel
 keeps: U / Ucur (the later receivers' inputs from the sources before the stage, and the stage heads' current
 values), M (the current circuit), alive (sources with an outgoing edge), k0 and the positions read (lp).
-Sources recomputed per candidate live side by side in CandidateSources; values shared by every candidate are
-passed in a dict (source -> live - ablated [1, B, T, d]).
+Sources recomputed per candidate live side by side in CandidateSources; _gather also takes values shared by
+every candidate (source -> live - ablated [1, B, T, d]).
 """
 from __future__ import annotations
 
@@ -115,39 +115,40 @@ class _TailForward:
             self._masks[key] = torch.ones(Tq, T, dtype=torch.bool, device=self.ctx.device).triu(T - Tq + 1)
         return self._masks[key]
 
-    def _gather(self, dests: list[int], dl: dict, K: int, pos: slice) -> torch.Tensor:
+    def _gather(self, dests: list[int], K: int, pos: slice, shared: dict | None = None) -> torch.Tensor:
         """Inputs [n, K, B, T', d] of later receivers: U_k + sum over live sources M[k, s] (live_s - a_s).
 
-        dl maps a source to its live - ablated value for every candidate ([1, B, T, d]); the sources recomputed
-        per candidate are in self.pc. The shared values are summed once, the per-candidate ones per candidate."""
+        shared maps a source to its live - ablated value for every candidate ([1, B, T, d]); the sources
+        recomputed per candidate are in self.pc. The shared values are summed once, the per-candidate ones per
+        candidate."""
         idx = [k - self.k0 for k in dests]
         n = len(idx)
         U = self.Ucur if self.use_cur else self.U
         u = (U[idx] if n > 1 else U[idx[0]][None])[:, :, pos]  # [n, B, T', d]
         Mw = self.M[dests]
-        if dl:
-            live = torch.stack([v[0, :, pos] for v in dl.values()]).view(len(dl), -1)
-            u = torch.addmm(u.reshape(n, -1), Mw[:, list(dl)], live).view_as(u)
+        if shared:
+            live = torch.stack([v[0, :, pos] for v in shared.values()]).view(len(shared), -1)
+            u = torch.addmm(u.reshape(n, -1), Mw[:, list(shared)], live).view_as(u)
         if not self.pc.srcs:
             return u[:, None].expand(-1, K, -1, -1, -1).contiguous()
         return torch.mm(Mw[:, self.pc.srcs], self.pc.matrix(pos)).view(n, K, *u.shape[1:]).add_(u[:, None])
 
-    def _layer(self, j: int, dl: dict, K: int):
+    def _layer(self, j: int, K: int):
         """Recompute layer j (after the stage's) for K candidates (its sources' values go to self.pc)."""
         g, b = self.g, self.m.blocks[j]
         pos = self.lp if j == g.n_layers - 1 else slice(None)
         heads = [h for h in range(g.n_heads) if self.alive[g.src_head(j, h)]]
         if heads:
-            res = self._attend(j, heads, *self._attn_qkv(j, heads, dl, K, pos))  # [Hc, K, B, Tq, d]
+            res = self._attend(j, heads, *self._attn_qkv(j, heads, K, pos))  # [Hc, K, B, Tq, d]
             for i, h in enumerate(heads):
                 s = g.src_head(j, h)
                 torch.sub(res[i], self.a[s][:, pos], out=self.pc.new(s, pos))
         s = g.src_mlp(j)
         if self.alive[s]:
-            x = self._gather([g.dest_mlp(j)], dl, K, pos)[0]
+            x = self._gather([g.dest_mlp(j)], K, pos)[0]
             torch.sub(self._mlp(b, x), self.a[s][:, pos], out=self.pc.new(s, pos))
 
-    def _attn_qkv(self, j: int, heads: list[int], dl: dict, K: int, pos: slice):
+    def _attn_qkv(self, j: int, heads: list[int], K: int, pos: slice):
         """q, k, v projections [len(heads), K, B, T', dh] of layer j's heads (queries at positions pos).
         Receivers with the same incoming edges read the same input (every receiver of a layer has the same
         ablated base), so each distinct input is gathered, normalised and projected (one matrix product for
@@ -161,10 +162,10 @@ class _TailForward:
         which, reps, full, proj = self._readers[key]
         if len(reps) == len(dests) and pos != slice(None):  # all distinct: per component, the queries at pos only
             if nq == 3:
-                xq, xk, xv = (b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], dl, K, p))
+                xq, xk, xv = (b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], K, p))
                               for c, p in ((0, pos), (1, slice(None)), (2, slice(None))))
             else:
-                xk = xv = b.norm1(self._gather(dests, dl, K, slice(None)))
+                xk = xv = b.norm1(self._gather(dests, K, slice(None)))
                 xq = xk[:, :, :, pos]
             return self._project(j, 0, heads, xq), self._project(j, 1, heads, xk), self._project(j, 2, heads, xv)
         B, T, d = self.D.shape[1:]
@@ -180,7 +181,7 @@ class _TailForward:
             us = [u for u in range(len(reps)) if need_all is None or full[u] == need_all]
             if not us:
                 continue
-            xn = b.norm1(self._gather([reps[u] for u in us], dl, K, p))  # [n_u, K, B, T', d]
+            xn = b.norm1(self._gather([reps[u] for u in us], K, p))  # [n_u, K, B, T', d]
             for i, u in enumerate(us):
                 # every (head, q/k/v) reading input u in one product with their weights side by side
                 rd, Wc, bc = proj[u]
@@ -212,10 +213,10 @@ class _TailForward:
             proj.append((rd, Wt[w].permute(1, 0, 2).reshape(Wt.shape[1], -1), bias[w].reshape(-1)))
         return which, reps, full, proj
 
-    def _tail(self, j: int, dl: dict, K: int) -> torch.Tensor:
-        """From layer j on (the sources before it in dl) to the metric [K]."""
+    def _tail(self, j: int, K: int) -> torch.Tensor:
+        """From layer j on (the sources before it recomputed per candidate in self.pc) to the metric [K]."""
         g = self.g
         for jj in range(j, g.n_layers):
-            self._layer(jj, dl, K)
-        x = self._gather([g.dest_out], dl, K, self.lp)[0]
+            self._layer(jj, K)
+        x = self._gather([g.dest_out], K, self.lp)[0]
         return self._metric_out(x)
