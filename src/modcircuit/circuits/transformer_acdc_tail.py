@@ -4,8 +4,9 @@
 Layout: receiver-major, [n_receivers or heads, K, B, T, d]. The pieces read the stage's state that the kernel
 keeps: U / Ucur (the later receivers' inputs from the sources before the stage, and the stage heads' current
 values), M (the current circuit), alive (sources with an outgoing edge), k0 and the positions read (lp).
-Sources recomputed per candidate live side by side in CandidateSources; _gather also takes values shared by
-every candidate (source -> live - ablated [1, B, T, d]).
+Sources recomputed per candidate live side by side in `pc`; sources no candidate of a pass changes (none of
+their inputs reads a per-candidate source) are computed once and live in `sc` (CandidateSources with K = 1): a
+later input that reads only those is the same for every candidate and is computed once too.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ class CandidateSources:
         self.buf = self.mem[:need].view(n_max, K, *shape)
         self.srcs = []
 
+    def clear(self):
+        self.srcs = []
+
     def new(self, s: int, pos: slice = slice(None)) -> torch.Tensor:
         """The slot [K, B, T', d] to write source s's values into (at positions pos: the last layer's)."""
         self.srcs.append(s)
@@ -65,7 +69,8 @@ class _TailForward:
         self.Wall = [(torch.stack([W[c][0] for c in range(3)], 1).flatten(0, 1),
                       torch.stack([W[c][1] for c in range(3)], 1).flatten(0, 1)) for W in self.W]
         self._masks: dict = {}
-        self.pc = CandidateSources()
+        self.pc = CandidateSources()  # sources recomputed per candidate in one evaluation
+        self.sc = CandidateSources()  # sources computed once in one evaluation (K = 1)
         self._logp = self._p = None
 
     def _mlp(self, b, x: torch.Tensor) -> torch.Tensor:
@@ -115,45 +120,63 @@ class _TailForward:
             self._masks[key] = torch.ones(Tq, T, dtype=torch.bool, device=self.ctx.device).triu(T - Tq + 1)
         return self._masks[key]
 
-    def _gather(self, dests: list[int], K: int, pos: slice, shared: dict | None = None) -> torch.Tensor:
-        """Inputs [n, K, B, T', d] of later receivers: U_k + sum over live sources M[k, s] (live_s - a_s).
-
-        shared maps a source to its live - ablated value for every candidate ([1, B, T, d]); the sources
-        recomputed per candidate are in self.pc. The shared values are summed once, the per-candidate ones per
-        candidate."""
+    def _gather(self, dests: list[int], pos: slice, K: int | None = None) -> torch.Tensor:
+        """Inputs of later receivers: U_k + sum over live sources M[k, s] (live_s - a_s), [n, K, B, T', d] when
+        K is given (the sources recomputed per candidate in self.pc summed per candidate), else [n, 1, B, T', d]
+        for receivers that read none of them. The sources computed once (self.sc) are summed once."""
         idx = [k - self.k0 for k in dests]
         n = len(idx)
         U = self.Ucur if self.use_cur else self.U
         u = (U[idx] if n > 1 else U[idx[0]][None])[:, :, pos]  # [n, B, T', d]
         Mw = self.M[dests]
-        if shared:
-            live = torch.stack([v[0, :, pos] for v in shared.values()]).view(len(shared), -1)
-            u = torch.addmm(u.reshape(n, -1), Mw[:, list(shared)], live).view_as(u)
+        if self.sc.srcs:
+            u = torch.addmm(u.reshape(n, -1), Mw[:, self.sc.srcs], self.sc.matrix(pos)).view_as(u)
+        if K is None:
+            return u[:, None]
         if not self.pc.srcs:
             return u[:, None].expand(-1, K, -1, -1, -1).contiguous()
         return torch.mm(Mw[:, self.pc.srcs], self.pc.matrix(pos)).view(n, K, *u.shape[1:]).add_(u[:, None])
 
+    def _varies(self, dests: list[int]) -> list[bool]:
+        """Per receiver whether its input differs between candidates (it reads a source recomputed per candidate)."""
+        if not self.pc.srcs:
+            return [False] * len(dests)
+        return self.M[dests][:, self.pc.srcs].ne(0).any(1).tolist()
+
+    def _write_mlp(self, j: int, K: int, pos: slice):
+        """Layer j's MLP value (live - ablated): per candidate into self.pc, or once into self.sc when its input
+        is the same for every candidate."""
+        g, s = self.g, self.g.src_mlp(j)
+        if not self.alive[s]:
+            return
+        dest = [g.dest_mlp(j)]
+        per = K == 1 or self._varies(dest)[0]
+        x = self._gather(dest, pos, K if per else None)[0]
+        torch.sub(self._mlp(self.m.blocks[j], x), self.a[s][:, pos], out=(self.pc if per else self.sc).new(s, pos))
+
     def _layer(self, j: int, K: int):
-        """Recompute layer j (after the stage's) for K candidates (its sources' values go to self.pc)."""
-        g, b = self.g, self.m.blocks[j]
+        """Recompute layer j (after the stage's) for K candidates (its sources' values go to self.pc, or once
+        to self.sc where no candidate changes them)."""
+        g = self.g
         pos = self.lp if j == g.n_layers - 1 else slice(None)
         heads = [h for h in range(g.n_heads) if self.alive[g.src_head(j, h)]]
         if heads:
-            res = self._attend(j, heads, *self._attn_qkv(j, heads, K, pos))  # [Hc, K, B, Tq, d]
-            for i, h in enumerate(heads):
-                s = g.src_head(j, h)
-                torch.sub(res[i], self.a[s][:, pos], out=self.pc.new(s, pos))
-        s = g.src_mlp(j)
-        if self.alive[s]:
-            x = self._gather([g.dest_mlp(j)], K, pos)[0]
-            torch.sub(self._mlp(b, x), self.a[s][:, pos], out=self.pc.new(s, pos))
+            for hs, qkv, out in self._attn_qkv(j, heads, K, pos):  # the per-candidate heads, then the others
+                if hs:
+                    res = self._attend(j, hs, *qkv)  # [len(hs), K or 1, B, Tq, d]
+                    for i, h in enumerate(hs):
+                        s = g.src_head(j, h)
+                        torch.sub(res[i], self.a[s][:, pos], out=out.new(s, pos))
+        self._write_mlp(j, K, pos)
 
     def _attn_qkv(self, j: int, heads: list[int], K: int, pos: slice):
-        """q, k, v projections [len(heads), K, B, T', dh] of layer j's heads (queries at positions pos).
+        """q, k, v projections of layer j's heads (queries at positions pos), as two groups (heads, (q, k, v),
+        where their values go): the heads some candidate changes [n, K, B, T', dh] (to self.pc), then the heads
+        no candidate changes, computed once [n, 1, B, T', dh] (to self.sc).
         Receivers with the same incoming edges read the same input (every receiver of a layer has the same
         ablated base), so each distinct input is gathered, normalised and projected (one matrix product for
-        every head and q/k/v reading it) once: once most edges are kept, one or two distinct inputs serve all
-        of a layer's receivers."""
+        every head and q/k/v reading it) once, and only once in all when it reads no per-candidate source: once
+        most edges are kept, one or two distinct inputs serve all of a layer's receivers."""
         g, b, nq = self.g, self.m.blocks[j], self.g.nq
         dests = [g.dest_attn(j, h, c) for h in heads for c in range(nq)]
         key = (j, tuple(heads))
@@ -162,34 +185,45 @@ class _TailForward:
         which, reps, full, proj = self._readers[key]
         if len(reps) == len(dests) and pos != slice(None):  # all distinct: per component, the queries at pos only
             if nq == 3:
-                xq, xk, xv = (b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], K, p))
+                xq, xk, xv = (b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], p, K))
                               for c, p in ((0, pos), (1, slice(None)), (2, slice(None))))
             else:
-                xk = xv = b.norm1(self._gather(dests, K, slice(None)))
+                xk = xv = b.norm1(self._gather(dests, slice(None), K))
                 xq = xk[:, :, :, pos]
-            return self._project(j, 0, heads, xq), self._project(j, 1, heads, xk), self._project(j, 2, heads, xv)
+            qkv = self._project(j, 0, heads, xq), self._project(j, 1, heads, xk), self._project(j, 2, heads, xv)
+            return [(heads, qkv, self.pc)]
+        per = [True] * len(reps) if K == 1 else self._varies(reps)  # per distinct input
+        head_per = [any(per[which[hi * nq + c]] for c in range(nq)) for hi in range(len(heads))]
         B, T, d = self.D.shape[1:]
         Tq = len(range(T)[pos])
         dh = self.W[j][0][0].shape[-1]
-        q = self.D.new_empty(len(heads), K, B, Tq, dh)
-        k, v = self.D.new_empty(len(heads), K, B, T, dh), self.D.new_empty(len(heads), K, B, T, dh)
-        out = (q, k, v)
+        # per head: its group (0: per candidate, 1: once) and its index there
+        slot = [(0 if head_per[hi] else 1, sum(head_per[:hi]) if head_per[hi] else hi - sum(head_per[:hi]))
+                for hi in range(len(heads))]
+        outs = []
+        for grp, Kg in ((0, K), (1, 1)):
+            n = sum(1 for hi in range(len(heads)) if slot[hi][0] == grp)
+            outs.append((self.D.new_empty(n, Kg, B, Tq, dh), self.D.new_empty(n, Kg, B, T, dh),
+                         self.D.new_empty(n, Kg, B, T, dh)))
         # inputs read at every position (keys, values), then those read at pos only (queries); before the last
         # layer pos is every position too, so all inputs go in one group
         groups = [(None, slice(None))] if pos == slice(None) else [(True, slice(None)), (False, pos)]
         for need_all, p in groups:
-            us = [u for u in range(len(reps)) if need_all is None or full[u] == need_all]
-            if not us:
-                continue
-            xn = b.norm1(self._gather([reps[u] for u in us], K, p))  # [n_u, K, B, T', d]
-            for i, u in enumerate(us):
-                # every (head, q/k/v) reading input u in one product with their weights side by side
-                rd, Wc, bc = proj[u]
-                y = torch.addmm(bc, xn[i].view(-1, d), Wc).view(*xn.shape[1:-1], len(rd), dh)
-                for r, (hi, c) in enumerate(rd):
-                    yr = y[..., r, :]
-                    out[c][hi].copy_(yr[:, :, pos] if c == 0 and need_all else yr)
-        return out
+            for varies in (True, False):
+                us = [u for u in range(len(reps)) if per[u] == varies and (need_all is None or full[u] == need_all)]
+                if not us:
+                    continue
+                xn = b.norm1(self._gather([reps[u] for u in us], p, K if varies else None))  # [n_u, K|1, B, T', d]
+                for i, u in enumerate(us):
+                    # every (head, q/k/v) reading input u in one product with their weights side by side
+                    rd, Wc, bc = proj[u]
+                    y = torch.addmm(bc, xn[i].view(-1, d), Wc).view(*xn.shape[1:-1], len(rd), dh)
+                    for r, (hi, c) in enumerate(rd):
+                        yr = y[..., r, :]
+                        grp, at = slot[hi]
+                        outs[grp][c][at].copy_(yr[:, :, pos] if c == 0 and need_all else yr)
+        return [([h for hi, h in enumerate(heads) if slot[hi][0] == grp], outs[grp], (self.pc, self.sc)[grp])
+                for grp in (0, 1)]
 
     def _shared_inputs(self, j: int, heads: list[int], dests: list[int]):
         """Per receiver the index of its distinct input (receivers with the same incoming edges share one), per
@@ -218,5 +252,6 @@ class _TailForward:
         g = self.g
         for jj in range(j, g.n_layers):
             self._layer(jj, K)
-        x = self._gather([g.dest_out], K, self.lp)[0]
-        return self._metric_out(x)
+        per = K == 1 or self._varies([g.dest_out])[0]
+        x = self._gather([g.dest_out], self.lp, K if per else None)[0]
+        return self._metric_out(x).expand(K)
