@@ -81,7 +81,8 @@ class _TailForward:
     def _mlp(self, b, x: torch.Tensor) -> torch.Tensor:
         """b.mlp(x) with the biases added in the matrix products."""
         h = F.linear(b.norm2(x), b.W_in, b.b_in)
-        return F.linear(activation(self.m.act, h), b.W_out, b.b_out)
+        h = h.relu_() if self.m.act == "relu" else activation(self.m.act, h)  # (in place: h is ours)
+        return F.linear(h, b.W_out, b.b_out)
 
     def _metric_out(self, x: torch.Tensor) -> torch.Tensor:
         """The metric [K] of the output read from residual x [K, B, T', d] at the positions read (the last
@@ -108,11 +109,15 @@ class _TailForward:
 
     def _attend(self, l: int, heads, q, k, v) -> torch.Tensor:
         """Results [P, ..., Tq, d] of heads (one per leading index) from q [P, ..., Tq, dh], k, v [P, ..., T, dh]."""
-        Tq, T = q.shape[-2], k.shape[-2]
-        s = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1]))
+        Tq, T, dh = q.shape[-2], k.shape[-2], q.shape[-1]
+        lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+        qf, kf = q.expand(*lead, Tq, dh).reshape(-1, Tq, dh), k.expand(*lead, T, dh).reshape(-1, T, dh)
+        # scores, scaled and causally masked in one product (the mask as an added -inf bias)
         if Tq > 1 and self.m.blocks[l].causal:
-            s = s.masked_fill(self._causal(Tq, T), float("-inf"))
-        z = weighted_values(s.softmax(-1), v)
+            s = torch.baddbmm(self._causal(Tq, T), qf, kf.transpose(1, 2), alpha=1.0 / math.sqrt(dh))
+        else:
+            s = torch.bmm(qf, kf.transpose(1, 2)).mul_(1.0 / math.sqrt(dh))
+        z = weighted_values(s.softmax(-1).view(*lead, Tq, T), v)
         Wo = self.W[l][3]
         if isinstance(heads, torch.Tensor) or len(heads) != self.g.n_heads:
             Wo = Wo[heads]
@@ -122,7 +127,9 @@ class _TailForward:
     def _causal(self, Tq: int, T: int) -> torch.Tensor:
         key = (Tq, T)
         if key not in self._masks:
-            self._masks[key] = torch.ones(Tq, T, dtype=torch.bool, device=self.ctx.device).triu(T - Tq + 1)
+            mask = torch.ones(Tq, T, dtype=torch.bool, device=self.ctx.device).triu(T - Tq + 1)
+            self._masks[key] = torch.zeros(Tq, T, dtype=self.D.dtype, device=self.ctx.device).masked_fill(
+                mask, float("-inf"))
         return self._masks[key]
 
     def _gather(self, dests: list[int], pos: slice, K: int | None = None) -> torch.Tensor:
