@@ -90,6 +90,7 @@ class _StageACDC(_TailForward):
         T = self.D.shape[2]
         self.pass_cost = PASS_COST * (T / len(range(T)[self.lp]) if l == L - 1 else 1.0)
         self._readers: dict = {}  # per tail layer: which receivers share an input (their edges are fixed in a stage)
+        self._csr: dict = {}  # the later receivers' rows of M per set of sources (_gather_norm, _varies)
         s0 = self.s0
         self.U = self.base[self.k0:] + torch.einsum("ks,sbtd->kbtd", self.M[self.k0:, :s0], self.D[:s0])
         self.alive = (self.M != 0).any(0).tolist()  # a source with an outgoing edge (only later ones decided)

@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..nn.transformer import activation
 from .transformer_patching import weighted_values
+
+try:
+    from .transformer_acdc_compiled import gather_norm as _compiled_gather_norm
+except ImportError:  # pragma: no cover - numba missing: the torch path
+    _compiled_gather_norm = None
 
 
 class CandidateSources:
@@ -77,10 +83,17 @@ class _TailForward:
         self.pc = CandidateSources()  # sources recomputed per candidate in one evaluation
         self.sc = CandidateSources()  # sources computed once in one evaluation (K = 1)
         self._logp = self._p = None
+        # inputs summed and layer-normalised in one compiled pass (CPU, numba); else torch's ops
+        self.compiled = (_compiled_gather_norm is not None and self.D.device.type == "cpu"
+                         and self.D.dtype in (torch.float32, torch.float64))
 
     def _mlp(self, b, x: torch.Tensor) -> torch.Tensor:
         """b.mlp(x) with the biases added in the matrix products."""
-        h = F.linear(b.norm2(x), b.W_in, b.b_in)
+        return self._mlp_normed(b, b.norm2(x))
+
+    def _mlp_normed(self, b, xn: torch.Tensor) -> torch.Tensor:
+        """b.mlp from its normalised input xn."""
+        h = F.linear(xn, b.W_in, b.b_in)
         h = h.relu_() if self.m.act == "relu" else activation(self.m.act, h)  # (in place: h is ours)
         return F.linear(h, b.W_out, b.b_out)
 
@@ -110,7 +123,7 @@ class _TailForward:
     def _attend(self, l: int, heads, q, k, v) -> torch.Tensor:
         """Results [P, ..., Tq, d] of heads (one per leading index) from q [P, ..., Tq, dh], k, v [P, ..., T, dh]."""
         Tq, T, dh = q.shape[-2], k.shape[-2], q.shape[-1]
-        lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+        lead = q.shape[:-2] if q.shape[:-2] == k.shape[:-2] else torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
         qf, kf = q.expand(*lead, Tq, dh).reshape(-1, Tq, dh), k.expand(*lead, T, dh).reshape(-1, T, dh)
         # scores, scaled and causally masked in one product (the mask as an added -inf bias)
         if Tq > 1 and self.m.blocks[l].causal:
@@ -166,11 +179,44 @@ class _TailForward:
                 out[r].add_(v, alpha=w)
         return out
 
+    def _gather_norm(self, dests: list[int], pos: slice, K: int | None, ln) -> torch.Tensor:
+        """ln(_gather(dests, pos, K)) (ln a LayerNorm or None), in one compiled pass where it can run."""
+        U = self.Ucur if self.use_cur else self.U
+        t = range(U.shape[2])[pos]
+        if not self.compiled or t.step != 1 or not U.is_contiguous():
+            x = self._gather(dests, pos, K)
+            return ln(x) if ln is not None else x
+        per = K is not None and bool(self.pc.srcs)
+        # the later receivers' edges are fixed in a stage: their sources' rows per set of sources written
+        key = (tuple(dests), tuple(self.sc.srcs), tuple(self.pc.srcs) if per else None)
+        rows = self._csr.get(key)
+        if rows is None:
+            Mw = self.M[dests].numpy()
+            rows = self._csr[key] = (np.asarray([k - self.k0 for k in dests], dtype=np.int64), *_rows(Mw, self.sc.srcs),
+                                     *_rows(Mw, self.pc.srcs if per else []))
+        urows, s_ptr, s_idx, s_w, p_ptr, p_idx, p_w = rows
+        none = self.D.new_empty(0, 1, 1, 1, 1).numpy()
+        P = self.pc.buf.numpy() if per else none
+        S = self.sc.buf.numpy() if self.sc.srcs else none
+        B, d = U.shape[1], U.shape[3]
+        out = U.new_empty(len(dests), 1 if K is None else K, B, len(t), d)
+        if ln is not None:
+            gamma, beta, eps = ln.weight.detach().numpy(), ln.bias.detach().numpy(), float(ln.eps)
+        else:
+            gamma = beta = none[:, 0, 0, 0, 0]
+            eps = 0.0
+        _compiled_gather_norm(U.numpy(), urows, S, s_ptr, s_idx, s_w, P, p_ptr, p_idx, p_w, t.start, gamma, beta,
+                              eps, ln is not None, out.numpy())
+        return out
+
     def _varies(self, dests: list[int]) -> list[bool]:
         """Per receiver whether its input differs between candidates (it reads a source recomputed per candidate)."""
         if not self.pc.srcs:
             return [False] * len(dests)
-        return self.M[dests][:, self.pc.srcs].ne(0).any(1).tolist()
+        key = (tuple(dests), tuple(self.pc.srcs))  # (the later receivers' edges are fixed in a stage)
+        if key not in self._csr:
+            self._csr[key] = self.M[dests][:, self.pc.srcs].ne(0).any(1).tolist()
+        return self._csr[key]
 
     def _write_mlp(self, j: int, K: int, pos: slice):
         """Layer j's MLP value (live - ablated): per candidate into self.pc, or once into self.sc when its input
@@ -180,8 +226,9 @@ class _TailForward:
             return
         dest = [g.dest_mlp(j)]
         per = K == 1 or self._varies(dest)[0]
-        x = self._gather(dest, pos, K if per else None)[0]
-        torch.sub(self._mlp(self.m.blocks[j], x), self.a[s][:, pos], out=(self.pc if per else self.sc).new(s, pos))
+        b = self.m.blocks[j]
+        xn = self._gather_norm(dest, pos, K if per else None, b.ln2)[0]
+        torch.sub(self._mlp_normed(b, xn), self.a[s][:, pos], out=(self.pc if per else self.sc).new(s, pos))
 
     def _layer(self, j: int, K: int):
         """Recompute layer j (after the stage's) for K candidates (its sources' values go to self.pc, or once
@@ -214,10 +261,10 @@ class _TailForward:
         which, reps, full, proj = self._readers[key]
         if len(reps) == len(dests) and pos != slice(None):  # all distinct: per component, the queries at pos only
             if nq == 3:
-                xq, xk, xv = (b.norm1(self._gather([g.dest_attn(j, h, c) for h in heads], p, K))
+                xq, xk, xv = (self._gather_norm([g.dest_attn(j, h, c) for h in heads], p, K, b.ln1)
                               for c, p in ((0, pos), (1, slice(None)), (2, slice(None))))
             else:
-                xk = xv = b.norm1(self._gather(dests, slice(None), K))
+                xk = xv = self._gather_norm(dests, slice(None), K, b.ln1)
                 xq = xk[:, :, :, pos]
             qkv = self._project(j, 0, heads, xq), self._project(j, 1, heads, xk), self._project(j, 2, heads, xv)
             return [(heads, qkv, self.pc)]
@@ -242,7 +289,7 @@ class _TailForward:
                 us = [u for u in range(len(reps)) if per[u] == varies and (need_all is None or full[u] == need_all)]
                 if not us:
                     continue
-                xn = b.norm1(self._gather([reps[u] for u in us], p, K if varies else None))  # [n_u, K|1, B, T', d]
+                xn = self._gather_norm([reps[u] for u in us], p, K if varies else None, b.ln1)  # [n_u, K|1, B, T', d]
                 for i, u in enumerate(us):
                     # every (head, q/k/v) reading input u in one product with their weights side by side
                     rd, Wc, bc = proj[u]
@@ -284,3 +331,13 @@ class _TailForward:
         per = K == 1 or self._varies([g.dest_out])[0]
         x = self._gather([g.dest_out], self.lp, K if per else None)[0]
         return self._metric_out(x).expand(K)
+
+
+def _rows(W, srcs: list[int]):
+    """Row pointers, slot indices and weights (CSR) of the nonzero entries of W[:, srcs] (numpy), slot i being
+    srcs[i]'s."""
+    Ws = W[:, srcs] if srcs else W[:, :0]
+    r, c = np.nonzero(Ws)
+    ptr = np.zeros(len(W) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(r, minlength=len(W)), out=ptr[1:])
+    return ptr, c.astype(np.int64), np.ascontiguousarray(Ws[r, c])
