@@ -41,6 +41,9 @@ class _StageACDC(_TailForward):
         keys and values still see every position);
       * later receivers sum the values shared by all candidates once and only the per-candidate changes
         per candidate (see CandidateSources); receivers with the same incoming edges share one normalised input;
+      * a later input that reads no source a pass's candidates change is computed once for all of them, and
+        so is a later head or MLP all of whose inputs are such (their values are then shared, not per
+        candidate); inputs are summed and layer-normalised in one compiled pass (transformer_acdc_compiled.py);
       * sources whose outgoing edges are all removed are skipped (they add exactly nothing), and an edge
         into such a dead receiver, or from a source equal to its ablated value, scores exactly 0;
       * ACDC's sequential rule is kept exactly by speculation: a batch evaluates a chain of candidates, each
