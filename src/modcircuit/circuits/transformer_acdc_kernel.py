@@ -41,6 +41,9 @@ class _StageACDC(_TailForward):
         keys and values still see every position);
       * later receivers sum the values shared by all candidates once and only the per-candidate changes
         per candidate (see CandidateSources); receivers with the same incoming edges share one normalised input;
+      * a later input that reads no source a pass's candidates change is computed once for all of them, and
+        so is a later head or MLP all of whose inputs are such (their values are then shared, not per
+        candidate); inputs are summed and layer-normalised in one compiled pass (transformer_acdc_compiled.py);
       * sources whose outgoing edges are all removed are skipped (they add exactly nothing), and an edge
         into such a dead receiver, or from a source equal to its ablated value, scores exactly 0;
       * ACDC's sequential rule is kept exactly by speculation: a batch evaluates a chain of candidates, each
@@ -90,6 +93,7 @@ class _StageACDC(_TailForward):
         T = self.D.shape[2]
         self.pass_cost = PASS_COST * (T / len(range(T)[self.lp]) if l == L - 1 else 1.0)
         self._readers: dict = {}  # per tail layer: which receivers share an input (their edges are fixed in a stage)
+        self._csr: dict = {}  # the later receivers' rows of M per set of sources (_gather_norm, _varies)
         s0 = self.s0
         self.U = self.base[self.k0:] + torch.einsum("ks,sbtd->kbtd", self.M[self.k0:, :s0], self.D[:s0])
         self.alive = (self.M != 0).any(0).tolist()  # a source with an outgoing edge (only later ones decided)
@@ -158,13 +162,17 @@ class _StageACDC(_TailForward):
         self.dirty.clear()
         self.cur = [torch.stack(t) for t in (self.cq, self.ck, self.cv, self.cres)]
         if last:  # x_mlp, mlp - a and x_out of the current circuit at the last position
-            dl = {g.src_head(l, h): self.cdl[h] for h in range(H) if self.alive[g.src_head(l, h)]}
+            self.sc.reset(H + 1, 1, tuple(self.D.shape[1:]), self.D)  # the current values, summed once
+            for h in range(H):
+                if self.alive[g.src_head(l, h)]:
+                    self.sc.new(g.src_head(l, h), pos).copy_(self.cdl[h])
             s = g.src_mlp(l)
-            self.cx_mlp = self._gather([g.dest_mlp(l)], 1, pos, dl)[0] if self.alive[s] else None
+            self.cx_mlp = self._gather([g.dest_mlp(l)], pos)[0] if self.alive[s] else None
             if self.alive[s]:
-                dl[s] = self._mlp(b, self.cx_mlp) - self.a[s][:, pos]
-                self.cdl_mlp = dl[s]
-            self.cx_out = self._gather([g.dest_out], 1, pos, dl)[0]
+                self.cdl_mlp = self._mlp(b, self.cx_mlp) - self.a[s][:, pos]
+                self.sc.new(s, pos).copy_(self.cdl_mlp)
+            self.cx_out = self._gather([g.dest_out], pos)[0]
+            self.sc.clear()
             srcs = torch.tensor([g.src_head(l, h) for h in range(H)], device=self.ctx.device)
             self.w_mlp = self.M[g.dest_mlp(l), srcs]  # [H]: weights of the heads' edges into the MLP and output
             self.w_out = self.M[g.dest_out, srcs]
@@ -180,9 +188,8 @@ class _StageACDC(_TailForward):
             self._refresh()
         changed = R.ne(0).any(-1)  # [K, H * nq]
         pairs = changed.view(K, H, nq).any(-1) & self.alive_heads  # [K, H]: candidate changes head
-        ip, hp = torch.nonzero(pairs, as_tuple=True)
+        ip, hp = torch.nonzero(pairs, as_tuple=True)  # per (candidate, head) pair
         P = len(ip)
-        inv = None
         if P:
             # candidates that give a head the same inputs (a chain's candidates share most removals) share
             # its evaluation: the distinct (head, removals into it) pairs are evaluated once
@@ -190,13 +197,13 @@ class _StageACDC(_TailForward):
             uk, inv = torch.unique(torch.cat([hp[:, None].to(R.dtype), Rh.flatten(1)], 1), dim=0,
                                    return_inverse=True)
             if len(uk) < P:
-                hp, Rh = uk[:, 0].long(), uk[:, 1:].view(len(uk), nq, -1)
+                hu, Rh = uk[:, 0].long(), uk[:, 1:].view(len(uk), nq, -1)
             else:
-                inv = None
-            qkv = [t[hp] for t in self.cur[:3]]  # [Q, B, T', dh]: the current projections, changed below
+                hu, inv = hp, torch.arange(P)
+            qkv = [t[hu] for t in self.cur[:3]]  # [Q, B, T', dh]: the current projections, changed below
             # every (distinct pair, q/k/v input) that changes, all at once
             pe, ce = torch.nonzero(Rh.ne(0).any(-1), as_tuple=True)
-            je = hp[pe] * nq + ce
+            je = hu[pe] * nq + ce
             Rj = Rh[pe, ce]  # [n, s0]
             Wt, bias = self.Wall[l]
             if nq == 3:  # per component; the queries only at the positions read (the last one in the last layer)
@@ -209,7 +216,7 @@ class _StageACDC(_TailForward):
                     x = torch.addmm(Uc[je[sel]].view(n, -1), Rj[sel], Dc.view(Dc.shape[0], -1), alpha=-1.0)
                     xn = b.norm1(x.view(n, -1, shp[-1]))  # [n, B*T', d]
                     dst = pe[sel]
-                    w = hp[dst] * 3 + c
+                    w = hu[dst] * 3 + c
                     qkv[c][dst] = torch.baddbmm(bias[w], xn, Wt[w]).view(n, *shp[:-1], -1)
             else:
                 Ds = self.Ds
@@ -217,28 +224,26 @@ class _StageACDC(_TailForward):
                 xn = b.norm1(x).view(len(pe), -1, x.shape[-1])  # [n, B*T, d]
                 T = x.shape[2]
                 for c in range(3):
-                    w, xs, dst = hp * 3 + c, xn, pe
+                    w, xs, dst = hu * 3 + c, xn, pe
                     y = torch.baddbmm(bias[w], xs, Wt[w]).view(len(dst), x.shape[1], T, -1)
                     qkv[c][dst] = y[:, :, pos] if c == 0 else y
-            dres = self._attend(l, hp, *(t[:, None] for t in qkv))[:, 0] - self.cur[3][hp]  # [Q, B, Tq, d]
+            dres = self._attend(l, hu, *(t[:, None] for t in qkv))[:, 0] - self.cur[3][hu]  # [Q, B, Tq, d]
             # what _adopt needs to make a candidate current: per pair its head and distinct pair
-            self.chunk = (ip, hp, qkv, dres, torch.arange(P) if inv is None else inv)
-            if inv is not None:
-                hp, dres = hp[inv], dres[inv]
+            self.chunk = (ip, hu, qkv, dres, inv)
         if last:
-            return self._last_tail(K, ip, hp, dres if P else None)
+            return self._last_tail(K, ip, hp, dres[inv] if P else None)
         # the heads' current values are in Ucur: only their changes are added, as per-candidate sources (zero
-        # for the candidates that do not change the head)
-        for h in range(H):
-            s = g.src_head(l, h)
-            if P and self.alive[s]:
+        # for the candidates that do not change the head): each head's slot picks its candidates' rows of
+        # [0; dres]
+        if P:
+            table = torch.cat([dres.new_zeros(1, *dres.shape[1:]), dres])
+            row = torch.zeros(K, dtype=torch.long, device=R.device)
+            for h in range(H):
                 sel = torch.nonzero(hp == h).flatten()
-                if len(sel):
-                    self.pc.new(s).zero_().index_add_(0, ip[sel], dres[sel])
-        s = g.src_mlp(l)
-        if self.alive[s]:
-            x = self._gather([g.dest_mlp(l)], K, pos)[0]
-            torch.sub(self._mlp(b, x), self.a[s][:, pos], out=self.pc.new(s, pos))
+                if len(sel):  # only alive heads are in pairs
+                    row.zero_()[ip[sel]] = inv[sel] + 1
+                    torch.index_select(table, 0, row, out=self.pc.new(g.src_head(l, h)))
+        self._write_mlp(l, K, pos)
         return self._tail(l + 1, K)
 
     def _last_DU(self):
@@ -281,7 +286,9 @@ class _StageACDC(_TailForward):
             self.cdl[h] = self.cres[h][None] - self.a[g.src_head(l, h)][:, pos]
             if self.use_cur:  # the head's value changed by dres along its edges into later receivers
                 w = self.M[self.k0:, g.src_head(l, h)]
-                self.Ucur.view(len(w), -1).addmm_(w[:, None], dres[p].reshape(1, -1))
+                nz = torch.nonzero(w).flatten()
+                if len(nz):
+                    self.Ucur.index_add_(0, nz, dres[p][None] * w[nz].view(-1, 1, 1, 1))
         if tail is not None:
             x_out, x_mlp, dm = tail
             self.cx_out = x_out[i:i + 1]
@@ -308,6 +315,7 @@ class _StageACDC(_TailForward):
             return self._metric_out(x)
         # room for every source from the stage's layer on (the most a pass can recompute per candidate)
         self.pc.reset(g.n_src - g.n_src_before(l), K, tuple(self.D.shape[1:]), self.D)
+        self.sc.reset(g.n_src - g.n_src_before(l), 1, tuple(self.D.shape[1:]), self.D)
         pos = self.lp if l == g.n_layers - 1 else slice(None)
         b = self.m.blocks[l]
         if self.kind == "mlp":
