@@ -105,14 +105,26 @@ def test_fast_acdc_counts_fewer_passes_than_edges():
     assert all(torch.equal(a, b) for a, b in zip(c.mask, c2.mask))
 
 
-def test_auto_kernel_is_compiled_for_float64_on_cpu_and_torch_otherwise():
+@pytest.mark.parametrize("ablation", ["resample", "mean"])
+def test_auto_kernel_is_compiled_on_cpu_and_float32_runs_its_float64_twin(ablation):
     model = random_mlp([6, 8, 8, 3], seed=2)
     clean, corrupt = pairs(6, n=12, seed=1)
-    assert discover(model, clean, corrupt, method="acdc", threshold=1e-3).extra["kernel"] == "compiled"
-    c32 = discover(model, clean, corrupt, method="acdc", threshold=1e-3, dtype="float32")
-    assert c32.extra["kernel"] == "torch"
-    with pytest.raises(ModcircuitError, match="kernel 'compiled' runs float64 on the CPU"):
-        discover(model, clean, corrupt, method="acdc", threshold=1e-3, dtype="float32", kernel="compiled")
+    kw = dict(method="acdc", threshold=1e-3, ablation=ablation)
+    c64 = discover(model, clean, corrupt, **kw)
+    c32 = discover(model, clean, corrupt, dtype="float32", **kw)
+    assert c64.extra["kernel"] == c32.extra["kernel"] == "compiled"
+    assert 0 < c32.n_kept < c32.n_edges
+    if ablation == "resample":  # the same weights and inputs widened: the float64 run itself
+        assert all(torch.equal(a, b) for a, b in zip(c32.mask, c64.mask))
+        assert all(torch.equal(a, b) for a, b in zip(c32.scores, c64.scores))
+    # against the float32 reference: the same decisions, scores within float32 rounding
+    ref = discover(model, clean, corrupt, dtype="float32", **{**kw, "method": "acdc-plain"})
+    torch32 = discover(model, clean, corrupt, dtype="float32", kernel="torch", **kw)
+    assert torch32.extra["kernel"] == "torch"
+    for c in (c32, torch32):
+        assert all(torch.equal(a, b) for a, b in zip(c.mask, ref.mask))
+        assert max((a - b).abs().max().item() for a, b in zip(c.scores, ref.scores)) < 1e-5
+    assert max((a - b).abs().max().item() for a, b in zip(c32.scores, ref.scores)) > 0  # really float32 there
     with pytest.raises(ModcircuitError, match="unknown kernel 'numba'; allowed: auto, compiled, torch"):
         discover(model, clean, corrupt, method="acdc", threshold=1e-3, kernel="numba")
 

@@ -159,15 +159,22 @@ def test_cli_discover_and_evaluate(run_dir, tmp_path, capsys):
     assert "accuracy" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_cli_discover_in_float32(run_dir, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["eap", "acdc"])
+def test_cli_discover_in_float32(run_dir, tmp_path, capsys, method):
     out64, out32 = tmp_path / "c64.json", tmp_path / "c32.json"
     for out, extra in ((out64, []), (out32, ["--precision", "float32"])):
-        assert main(["discover", str(run_dir), "--threshold", "0.01", "--out", str(out), "--json", *extra]) in (0, None)
+        assert main(["discover", str(run_dir), "--method", method, "--threshold", "0.01", "--out", str(out), "--json",
+                     *extra]) in (0, None)
     capsys.readouterr()
     c64, c32 = load_circuit(out64), load_circuit(out32)
-    assert c64.extra["dtype"] == "float64" and c32.extra["dtype"] == "float32"
     s64, s32 = torch.cat([s.flatten() for s in c64.scores]), torch.cat([s.flatten() for s in c32.scores])
-    assert torch.allclose(s32, s64, atol=1e-4) and not torch.equal(s32, s64)  # float32 arithmetic, same scores
+    assert c64.extra["dtype"] == "float64"
+    if method == "eap":  # float32 arithmetic, same scores
+        assert c32.extra["dtype"] == "float32"
+        assert torch.allclose(s32, s64, atol=1e-4) and not torch.equal(s32, s64)
+    else:  # MLP ACDC on the CPU: the compiled kernel, float64 arithmetic (faster), and the circuit says so
+        assert c32.extra["dtype"] == "float64" and c32.extra["kernel"] == "compiled"
+        assert torch.equal(s32, s64)
 
 
 @pytest.mark.parametrize("arrays,match", [

@@ -113,7 +113,7 @@ def discover_cmd(
     threshold: float = typer.Option(0.01, "--threshold", help="ACDC tau / score cut-off / probing size weight (>= 0)"),
     data: Optional[Path] = typer.Option(None, "--data", help=".npz with clean, corrupt (same shape), optional labels"),
     out: Path = typer.Option(Path("circuit.json"), "--out", help="circuit JSON to write"),
-    metric: Optional[str] = typer.Option(None, "--metric", help="kl | mse (default: the task's)"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="kl | mse | logit-diff (default: the task's)"),
     ablation: str = typer.Option("resample", "--ablation", help="resample | zero | mean"),
     examples: Optional[int] = typer.Option(None, "--examples", help="use this many task test examples"),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="keep the k best-scored edges instead"),

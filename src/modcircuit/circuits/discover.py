@@ -124,7 +124,7 @@ def discover(model, data, corrupt=None, *, method: str = "acdc", threshold: floa
         if task is not None:
             extra["task"] = task.name
         extra["examples"] = ctx.batch
-        extra["dtype"] = str(dtype).replace("torch.", "")
+        extra.setdefault("dtype", str(dtype).replace("torch.", ""))  # (a method may say it computed in another)
         common = dict(method=method, threshold=threshold, metric=metric, ablation=ablation, seconds=seconds,
                       forward_passes=int(res.forward_passes), extra=extra,
                       model_fingerprint=fingerprint)

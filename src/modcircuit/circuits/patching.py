@@ -152,6 +152,14 @@ class PatchContext:
     def means(self) -> list[torch.Tensor] | None:
         return [a.reshape(-1).cpu() for a in self.a] if self.ablation == "mean" else None
 
+    def widened(self) -> "PatchContext":
+        """This context in float64: the same model, inputs, labels and ablated values (a float32 context's
+        means are kept as computed), its activations recomputed in float64 (see the compiled ACDC kernel)."""
+        if self.dtype == torch.float64:
+            return self
+        return PatchContext(self.model, self.clean, self.corrupt, metric=self.metric_name, ablation=self.ablation,
+                            labels=self.labels, means=self.means, dtype=torch.float64)
+
     def _features(self, x):
         try:
             return self.model.features(x).to(self.dtype)
