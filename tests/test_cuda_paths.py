@@ -154,3 +154,49 @@ def test_the_fake_device_finds_a_host_index_into_device_work(monkeypatch):
             inv[hp == 0]
         assert torch.equal(torch.arange(len(hp), device=hp.device)[hp == 0].cpu(), torch.tensor([1]))
     assert np.array_equal(inv.numpy(), [0, 1, 2])
+
+
+def test_a_study_on_cuda_records_what_the_cpu_records(monkeypatch, tmp_path):
+    """device = "cuda" in a study file (one worker: in this process), profiling included."""
+    import textwrap
+
+    from modcircuit.study import Store, run_study
+    from modcircuit.study.store import is_timing_column
+
+    rows = {}
+    for device in ("cpu", "cuda"):
+        d = tmp_path / device
+        d.mkdir()
+        (d / "s.toml").write_text(textwrap.dedent(f"""
+            name = "tiny"
+            tasks = ["two-moons"]
+            regimes = ["bimt"]
+            seeds = [0]
+            methods = ["acdc", "eap"]
+            thresholds = [0.01]
+            results = "{d / 'res.duckdb'}"
+            device = "{device}"
+            [train]
+            steps = 60
+            [profile]
+            enabled = true
+            fresh_process = false
+        """))
+        with fake_cuda(monkeypatch):
+            r = run_study(d / "s.toml", progress=False, echo=lambda _: None)
+        assert r.units_done == 1 and not r.failures
+        with Store(r.results, read_only=True) as s:
+            rows[device] = {t: sorted(({k: v for k, v in x.items() if not is_timing_column(k)} for x in s.rows(t)),
+                                      key=lambda x: str(x.get("method"))) for t in ("runs", "circuits", "profiles")}
+    assert rows["cuda"]["profiles"][0]["device"] == "cuda" and rows["cpu"]["profiles"][0]["device"] == "cpu"
+    setting = {"key", "run_key", "device", "overrides", "config", "checkpoint", "artifact",
+               "forward_passes"}  # name the device, or count the kernel's passes (compiled on the CPU)
+    for table in ("runs", "circuits"):
+        assert len(rows["cpu"][table]) == len(rows["cuda"][table]) > 0
+        for a, b in zip(rows["cpu"][table], rows["cuda"][table]):
+            for k in a.keys() - setting:
+                if isinstance(a[k], float):
+                    assert b[k] == pytest.approx(a[k], rel=1e-6, abs=1e-9), (table, k)
+                else:
+                    assert b[k] == a[k], (table, k)
+    assert any(0 < c["n_kept"] < c["n_edges"] for c in rows["cuda"]["circuits"])
