@@ -100,3 +100,16 @@ def test_measure_option(bench, monkeypatch, capsys):
                                                    ["| all", "eap, all 46 edges"],
                                                    ["| all", "auto-circuit acdc, edges into the last 1 blocks + output"],
                                                    ["| all", "auto-circuit acdc, edges of the whole graph"]]
+
+
+def test_measurements_on_cuda(bench, monkeypatch):
+    """--device cuda on the fake CUDA device (fake_cuda.py): the same measurements, the model built there."""
+    from fake_cuda import fake_cuda
+
+    with fake_cuda(monkeypatch) as dev:
+        a = args(bench, "--device", "cuda")
+        model, clean, _ = bench.build(a)
+        assert dev.on(next(model.parameters())) and dev.on(clean)
+        for what in ("eap", "eap-ig", "acdc"):
+            r = bench.ours(a, what, "all")
+            assert r["finite"] and r["visited"] == (46 - 9 if what == "acdc" else 46) and "peak_gpu_mb" in r

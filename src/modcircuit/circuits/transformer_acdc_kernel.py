@@ -199,7 +199,7 @@ class _StageACDC(_TailForward):
             if len(uk) < P:
                 hu, Rh = uk[:, 0].long(), uk[:, 1:].view(len(uk), nq, -1)
             else:
-                hu, inv = hp, torch.arange(P)
+                hu, inv = hp, torch.arange(P, device=hp.device)
             qkv = [t[hu] for t in self.cur[:3]]  # [Q, B, T', dh]: the current projections, changed below
             # every (distinct pair, q/k/v input) that changes, all at once
             pe, ce = torch.nonzero(Rh.ne(0).any(-1), as_tuple=True)

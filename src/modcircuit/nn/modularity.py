@@ -30,7 +30,7 @@ MAX_GRAPH_WEIGHTS = 1_000_000
 def output_groups(model, input_groups: list[int] | None = None) -> list[torch.Tensor]:
     """Group index (an output, in original output order) per position of every neuron layer."""
     n_out = model.widths[-1]
-    infl = torch.eye(n_out)[model.out_perm]  # (positions, outputs): position k computes output out_perm[k]
+    infl = torch.eye(n_out)[model.out_perm.cpu()]  # (positions, outputs): position k computes output out_perm[k]
     groups = [infl.argmax(1)]
     for lin in reversed(model.linears):
         infl = lin.weight.detach().abs().cpu().T @ infl
