@@ -131,17 +131,43 @@ def test_training_on_cuda_equals_the_cpu(monkeypatch, task, regimes):
 
 
 def test_cli_on_cuda(monkeypatch, tmp_path, capsys):
-    """train --device cuda, then discover / evaluate / export-mib read the checkpoint (saved from the device)."""
+    """train --device cuda writes a checkpoint that discover and evaluate read onto the device or the CPU alike."""
+    from modcircuit.circuits import load_circuit
+
     t = tmp_path / "t"
     with fake_cuda(monkeypatch):
         assert main(["train", "--task", "modular-addition-transformer", "--task-option", "p=7", "--regime", "bimt",
                      "--steps", "12", "--device", "cuda", "--out", str(t), "--no-progress"]) in (0, None)
-    for cmd in (["discover", str(t), "--split-qkv", "--positions", "all", "--out", str(tmp_path / "c.json")],
-                ["evaluate", str(t), str(tmp_path / "c.json"), "--json"],
-                ["export-mib", str(t), str(tmp_path / "c.json"), "-o", str(tmp_path / "mib.json")]):
-        assert main(cmd) in (0, None)
+    reports = {}
+    for device in ("cpu", "cuda"):
+        c = tmp_path / f"{device}.json"
+        with fake_cuda(monkeypatch):
+            assert main(["discover", str(t), "--split-qkv", "--positions", "all", "--device", device,
+                         "--out", str(c), "--json"]) in (0, None)
+            capsys.readouterr()
+            assert main(["evaluate", str(t), str(c), "--device", device, "--json"]) in (0, None)
+            reports[device] = __import__("json").loads(capsys.readouterr().out)
+    cpu, cuda = load_circuit(tmp_path / "cpu.json"), load_circuit(tmp_path / "cuda.json")
+    _equal_circuits(cuda, cpu)
+    assert 0 < cuda.n_kept < cuda.n_edges
+    for key in ("faithfulness", "cpr", "cmd", "curve_area"):
+        assert reports["cuda"][key] == pytest.approx(reports["cpu"][key], abs=1e-9), key
+    assert main(["export-mib", str(t), str(tmp_path / "cuda.json"), "-o", str(tmp_path / "mib.json")]) in (0, None)
     assert (tmp_path / "mib.json").exists()
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("device,needle", [("gpu", "invalid device='gpu'"),
+                                           ("cuda", "device 'cuda': CUDA is not available here")])
+@pytest.mark.parametrize("command", ["discover", "evaluate"])
+def test_cli_device_is_checked_before_any_work(tmp_path, capsys, monkeypatch, device, needle, command):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # (a machine without a GPU)
+    out = tmp_path / "c.json"
+    argv = ["discover", str(tmp_path / "no-run"), "--out", str(out)] if command == "discover" else \
+        ["evaluate", str(tmp_path / "no-run"), str(tmp_path / "no-circuit.json")]
+    assert main([*argv, "--device", device]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and not out.exists()
 
 
 def test_the_fake_device_finds_a_host_index_into_device_work(monkeypatch):

@@ -66,12 +66,13 @@ def load_npz(path: Path) -> dict:
     return out
 
 
-def _load_run(run: Path, task_options: list[str] = ()):
-    """The run's model and task; `task_options` (key=value texts) change the task the run was trained on."""
+def _load_run(run: Path, task_options: list[str] = (), device: str = "cpu"):
+    """The run's model (on `device`) and task; `task_options` (key=value texts) change the task the run was
+    trained on."""
     from ..tasks import get_task, parse_task_options
     from ..train import load
 
-    r = load(run)
+    r = load(run, device)
     if not task_options:
         try:
             return r.model, r.task()
@@ -88,7 +89,7 @@ def _check_fits(model, task, task_options) -> None:
     given = " ".join(f"--task-option {o}" for o in task_options)
     try:
         with torch.no_grad():
-            outputs = model(task.x_test[:2]).shape[-1]
+            outputs = model(task.x_test[:2].to(next(model.parameters()).device)).shape[-1]
     except (RuntimeError, IndexError, ModcircuitError) as e:
         raise ModcircuitError(f"{given}: the run's model cannot take this task's inputs ({str(e).splitlines()[0]})")
     if outputs != task.widths[-1]:
@@ -125,16 +126,19 @@ def discover_cmd(
     positions: Optional[str] = typer.Option(None, "--positions",
                                             help="transformers: output positions the metric averages over: "
                                                  "last (default) | all | comma-separated indices (0,3,-1)"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N: where the model and the patched runs go"),
     json_output: bool = typer.Option(False, "--json", help="machine-readable output"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output, only one modcircuit wrote"),
 ):
     """Discover the circuit of a trained model and write it as JSON."""
     from ..outputs import check_output
+    from ..train.config import check_device
 
     check_output(out, "circuit", overwrite=overwrite)  # before any work
     dtype = check_dtype(precision, "precision")  # before any work
+    check_device(device)
     positions = parse_positions(positions) if positions is not None else None
-    model, task = _load_run(run, task_options)
+    model, task = _load_run(run, task_options, device)
     from ..nn.transformer import GeometricTransformer
 
     if split_qkv and not isinstance(model, GeometricTransformer):
@@ -187,13 +191,16 @@ def evaluate_cmd(
                                               "n_heads, edges) to score against instead of the model's or task's"),
     require_truth: bool = typer.Option(False, "--require-truth",
                                        help="fail unless a head-level ground truth is known (AUC wanted)"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N: where the model and the patched runs go"),
 ):
     """Score a circuit: faithfulness, task accuracy, sparsity, cost, ground truth where known."""
+    from ..train.config import check_device
     from .truth_scoring import load_head_truth
 
+    check_device(device)
     positions = parse_positions(positions) if positions is not None else None
     head_truth = load_head_truth(truth) if truth is not None else None  # before any work
-    model, task = _load_run(run, task_options)
+    model, task = _load_run(run, task_options, device)
     circuit = load_circuit(circuit_file, model, allow_other_model)
     report = evaluate(model, circuit, _data(model, task, data), positions=positions,
                       allow_other_model=allow_other_model, truth=head_truth, require_truth=require_truth)

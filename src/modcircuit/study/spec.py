@@ -452,20 +452,6 @@ def resolve_tasks(spec: StudySpec) -> tuple[dict[str, str], dict[str, str]]:
     return used, subs
 
 
-def check_device(device: str) -> None:
-    import torch
-
-    from ..train.config import make_config
-
-    make_config({}, {"device": device})  # the format: cpu, cuda, cuda:N, mps
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModcircuitError(f"device {device!r}: CUDA is not available here; use device = \"cpu\"")
-    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise ModcircuitError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ModcircuitError("device 'mps' is not available here; use device = \"cpu\"")
-
-
 def check_task_fits(spec: StudySpec, named: str, task, cfg) -> None:
     """What training or discovery would refuse later, refused now: the widths and activation of the
     model (built on the meta device: no memory), methods the task's model type has."""
@@ -492,7 +478,7 @@ def plan(spec: StudySpec) -> Plan:
     """Every cell of the study, in a stable order (task, regime, seed; then methods, selections)."""
     from ..circuits.discover import task_metric
     from ..tasks import get_task
-    from ..train.config import make_config
+    from ..train.config import check_device, make_config
 
     check_device(spec.device)
     used, subs = resolve_tasks(spec)

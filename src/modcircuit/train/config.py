@@ -129,3 +129,16 @@ def _validated(model: type[BaseModel], values: dict, shown: dict):
         if isinstance(err.get("ctx", {}).get("error"), ModcircuitError):
             raise err["ctx"]["error"] from None
         raise ModcircuitError(f"invalid {key}={value!r}: {msg}") from None
+
+
+def check_device(device: str) -> None:
+    """A device name this machine has: cpu, cuda, cuda:N or mps (one-line errors otherwise)."""
+    import torch
+
+    make_config({}, {"device": device})  # the format: cpu, cuda, cuda:N, mps
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModcircuitError(f"device {device!r}: CUDA is not available here; use cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise ModcircuitError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModcircuitError("device 'mps' is not available here; use cpu")
