@@ -86,7 +86,10 @@ class FakeCudaMode(TorchFunctionMode):
         created = _is_cuda(kwargs.get("device"))
         if created:  # a factory (or new_*) asked for the device: make it on the CPU, mark it
             kwargs["device"] = "cpu"
-        ts = _tensors(args[:1] if name == "__deepcopy__" else args, _tensors(kwargs, []) if name != "__deepcopy__" else [])
+        if name == "__deepcopy__":  # only the tensor copied counts, not the memo of earlier copies
+            ts = [args[0]]
+        else:
+            ts = _tensors(args, _tensors(kwargs, []))
         dev = [t for t in ts if self.on(t)]
         host = [t for t in ts if not self.on(t) and t.dim() > 0]
         if dev and host and name not in _MIXING_ALLOWED:
@@ -103,9 +106,7 @@ class FakeCudaMode(TorchFunctionMode):
         t = args[0]
         target = None
         if name == "cuda":
-            target, args, kwargs = CUDA, (t,), {}
-            func = torch.Tensor.to
-            kwargs = {"device": "cpu"}
+            target, func, args, kwargs = CUDA, torch.Tensor.to, (t,), {"device": "cpu"}
         elif name == "cpu":
             target = torch.device("cpu")
         else:
